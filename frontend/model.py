@@ -1,0 +1,68 @@
+"""What every frontend returns: architecture, lazily read weights under ferrumc names, tokenizer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..ir.graph import Graph
+from ..ir.types import TensorType
+from .config import DecoderConfig
+
+
+@dataclass
+class WeightSource:
+    """Weights by ferrumc name: types known up front, data read (and converted) only on `load`."""
+
+    types: dict[str, TensorType]
+    loaders: dict[str, Callable[[], np.ndarray]]
+    # Checkpoint tensors deliberately not used (e.g. rotary inv_freq buffers), for `inspect`.
+    unused: list[str] = field(default_factory=list)
+
+    def load(self, name: str) -> np.ndarray:
+        array = self.loaders[name]()
+        expected = self.types[name]
+        assert array.shape == expected.shape, f"{name}: loaded {array.shape}, declared {expected}"
+        return array
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.types
+
+    def num_parameters(self) -> int:
+        return sum(t.numel() for t in self.types.values())
+
+
+@dataclass
+class TokenizerInfo:
+    """A `tokenizers` tokenizer (as JSON) plus the chat and special-token facts around it."""
+
+    tokenizer_json: str
+    chat_template: str | None = None
+    bos_token: str | None = None
+    eos_token: str | None = None
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+    add_bos_token: bool = False
+    # Extra variables the chat template may read (e.g. tokenizer_config's special tokens).
+    template_vars: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint read by a frontend, ready to be lowered."""
+
+    source: Path
+    format: str  # "hf" or "gguf"
+    config: DecoderConfig
+    weights: WeightSource
+    tokenizer: TokenizerInfo | None
+    generation: dict[str, object] = field(default_factory=dict)
+
+    def graph(self) -> Graph:
+        from .models import build_graph
+
+        return build_graph(self.config)

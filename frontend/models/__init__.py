@@ -1,0 +1,1 @@
+"""ferrumc.frontend.models."""
