@@ -21,6 +21,8 @@ class WeightSource:
     loaders: dict[str, Callable[[], np.ndarray]]
     # Checkpoint tensors deliberately not used (e.g. rotary inv_freq buffers), for `inspect`.
     unused: list[str] = field(default_factory=list)
+    # How the checkpoint stores each tensor when that differs from `types` (GGUF: "Q4_1", ...).
+    storage: dict[str, str] = field(default_factory=dict)
 
     def load(self, name: str) -> np.ndarray:
         array = self.loaders[name]()

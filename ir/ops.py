@@ -354,6 +354,9 @@ class PagedAttention(Op):
             (cache.num_kv_heads, cache.head_dim) == k.shape[1:],
             f"k {k} does not match the cache's {cache.num_kv_heads} kv heads x {cache.head_dim}",
         )
+        expect(
+            cache.dtype == k.dtype, f"k {k} does not match the cache's dtype {cache.dtype.value}"
+        )
         return (q,)
 
 
@@ -455,6 +458,7 @@ class Cast(Op):
     def infer(self, ins: Sequence[Type]) -> tuple[Type, ...]:
         x = _tensor(ins[0], "x")
         expect(x.dtype is not DType.u4, "cannot cast packed u4; dequantize through int4_linear")
+        expect(self.dtype is not DType.u4, "cannot cast to packed u4; quantize weights offline")
         return (x.with_dtype(self.dtype),)
 
 

@@ -41,7 +41,9 @@ def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
 
 def inv_freq(theta: float, dim: int, scaling: RopeScaling | None) -> tuple[np.ndarray, float]:
     """Inverse frequencies [dim // 2] (f32) and the factor applied to cos/sin, as transformers computes them."""
-    base = np.float32(theta) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim))
+    exponents = np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)
+    # torch raises the Python-float theta to f32 exponents in double precision, then rounds.
+    base = (np.float64(theta) ** exponents.astype(np.float64)).astype(np.float32)
     freqs = (1.0 / base).astype(np.float32)
     s = scaling or RopeScaling()
     if s.kind == "default":
@@ -57,9 +59,10 @@ def _llama3(freqs: np.ndarray, s: RopeScaling) -> np.ndarray:
     factor, low, high = s.factor, s.low_freq_factor, s.high_freq_factor
     old_len = s.original_max_position_embeddings
     low_wavelen, high_wavelen = old_len / low, old_len / high
-    wavelen = 2 * math.pi / freqs
+    # torch evaluates `scalar / tensor` as `tensor.reciprocal() * scalar`; so do we, bit for bit.
+    wavelen = (1 / freqs) * np.float32(2 * math.pi)
     scaled = np.where(wavelen > low_wavelen, freqs / factor, freqs)
-    smooth = (old_len / wavelen - low) / (high - low)
+    smooth = ((1 / wavelen) * np.float32(old_len) - low) / (high - low)
     smoothed = (1 - smooth) * scaled / factor + smooth * scaled
     medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
     return np.where(medium, smoothed, scaled).astype(np.float32)

@@ -1,0 +1,33 @@
+"""Packed int4 (`u4`) storage: two 4-bit values per byte along the last axis, low nibble first.
+
+Element 2i of a row lives in the low nibble of byte i and element 2i+1 in its high nibble,
+so `pack_int4` halves the last axis and `unpack_int4` doubles it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pack_int4(values: np.ndarray) -> np.ndarray:
+    """Pack integers in 0..15 (last axis even) into uint8 bytes: [..., K] -> [..., K // 2]."""
+    values = np.asarray(values)
+    if values.ndim == 0 or values.shape[-1] % 2:
+        raise ValueError(f"int4 packing needs an even last axis, got shape {values.shape}")
+    if not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"int4 packing needs integers, got {values.dtype}")
+    if values.size and (values.min() < 0 or values.max() > 15):
+        raise ValueError(f"int4 values must be in 0..15, got range {values.min()}..{values.max()}")
+    nibbles = values.astype(np.uint8)
+    return (nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)).astype(np.uint8)
+
+
+def unpack_int4(packed: np.ndarray) -> np.ndarray:
+    """Unpack uint8 bytes into their nibbles: [..., K // 2] -> uint8 [..., K] with values 0..15."""
+    packed = np.asarray(packed)
+    if packed.dtype != np.uint8:
+        raise ValueError(f"packed int4 must be uint8, got {packed.dtype}")
+    out = np.empty((*packed.shape[:-1], packed.shape[-1] * 2), dtype=np.uint8)
+    out[..., 0::2] = packed & 0x0F
+    out[..., 1::2] = packed >> 4
+    return out

@@ -1,0 +1,77 @@
+"""cast-compute-dtype: compute every float activation in one dtype (f32, f16 or bf16).
+
+- float weights not already in `dtype` are read through `cast(w)`, a weight-only node that
+  lift-weight-transforms folds at compile time (the bundle stores the cast weight);
+- existing float casts are retargeted to `dtype`, and dropped where that makes them no-ops;
+- float inputs are cast on entry, a KV cache input is retyped to `dtype`;
+- float outputs are cast back to their original dtype (logits stay f32);
+- integer and packed (u4) tensors are left alone.
+Every other op takes its dtype from its inputs, so re-inference does the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..ir.graph import Graph, GraphBuilder, Node, Value, rebuild
+from ..ir.ops import Cast, Input, Weight
+from ..ir.types import FLOAT_DTYPES, DType, KVCacheType, TensorType
+from .base import Pass, PassContext
+from .patterns import emit1
+
+
+@dataclass(frozen=True)
+class CastComputeDType(Pass):
+    """Make `dtype` the graph's compute dtype; outputs keep their types."""
+
+    name: ClassVar[str] = "cast-compute-dtype"
+    dtype: DType = DType.f32
+
+    def __post_init__(self) -> None:
+        if self.dtype not in FLOAT_DTYPES:
+            valid = ", ".join(d.value for d in FLOAT_DTYPES)
+            raise self.error(f"dtype {self.dtype.value} is not a float dtype; use one of {valid}")
+
+    def run(self, graph: Graph, ctx: PassContext) -> Graph:
+        dtype = self.dtype
+
+        def rule(node: Node, ins: tuple[Value, ...], b: GraphBuilder) -> tuple[Value, ...] | None:
+            op = node.op
+            if isinstance(op, Weight) and _needs_cast(op.type, dtype):
+                return (emit1(b, Cast(dtype), emit1(b, op)),)
+            if (
+                isinstance(op, Input)
+                and isinstance(op.type, KVCacheType)
+                and op.type.dtype != dtype
+            ):
+                return (b.input(op.name, dataclasses.replace(op.type, dtype=dtype)),)
+            if isinstance(op, Input) and _needs_cast(op.type, dtype):
+                return (emit1(b, Cast(dtype), emit1(b, op)),)
+            if isinstance(op, Cast) and op.dtype.is_float:
+                x = ins[0]
+                if x.tensor.dtype == dtype:
+                    return (x,)  # a no-op once the input is already in `dtype`
+                return (emit1(b, Cast(dtype), x),)
+            return None
+
+        out = rebuild(graph, rule)
+        return _restore_output_dtypes(out, graph)
+
+
+def _needs_cast(t: object, dtype: DType) -> bool:
+    return isinstance(t, TensorType) and t.dtype.is_float and t.dtype != dtype
+
+
+def _restore_output_dtypes(graph: Graph, original: Graph) -> Graph:
+    """Append a cast for each float output whose dtype changed, so the signature stays the same."""
+    nodes, outputs = list(graph.nodes), dict(graph.outputs)
+    for name, v in graph.outputs.items():
+        want = original.outputs[name].type
+        if isinstance(want, TensorType) and want.dtype.is_float and v.type != want:
+            op = Cast(want.dtype)
+            cast = Node(op, (v,), op.verify([v.type]))
+            nodes.append(cast)
+            outputs[name] = cast.out
+    return Graph(graph.name, nodes, outputs)
