@@ -30,11 +30,18 @@ class Generation:
     logits: np.ndarray
 
 
-def forward_logits(graph: Graph, weights: Weights, token_ids: Sequence[int]) -> np.ndarray:
-    """Logits [T, vocab] of every position of `token_ids` through a cache-less forward graph."""
+def forward_logits(
+    graph: Graph, weights: Weights, token_ids: Sequence[int], page_size: int = 16
+) -> np.ndarray:
+    """Logits [T, vocab] of every position of `token_ids`, through a cache-less forward graph or
+    through a paged prefill graph on a fresh cache."""
     tokens = np.asarray(token_ids, dtype=np.int32)
     positions = np.arange(len(tokens), dtype=np.int32)
-    return run_graph(graph, {"tokens": tokens, "positions": positions}, weights)["logits"]
+    if not any(isinstance(n.op.type, KVCacheType) for n in graph.inputs):  # type: ignore[attr-defined]
+        return run_graph(graph, {"tokens": tokens, "positions": positions}, weights)["logits"]
+    cache = PagedKVCache(_cache_type(graph), -(-len(tokens) // page_size), page_size)
+    cache.add_sequence(0)
+    return _call(graph, weights, cache, [0], [len(tokens)], tokens, positions)
 
 
 def generate(
