@@ -1,0 +1,109 @@
+"""Tensor-expression kernels for ops Relax has no exact high-level equivalent of (f32 numerics)."""
+
+from __future__ import annotations
+
+from tvm import te, tirx
+
+F32 = "float32"
+
+
+def _f32(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    return x if x.dtype == F32 else x.astype(F32)
+
+
+def _rounded(x: tirx.PrimExpr, dtype: str) -> tirx.PrimExpr:
+    """An f32 value rounded to `dtype` and back, where Hugging Face rounds inside an op."""
+    return x if dtype == F32 else x.astype(dtype).astype(F32)
+
+
+def rms_norm(x: te.Tensor, w: te.Tensor, eps: float) -> te.Tensor:
+    """x / sqrt(mean(x^2, -1) + eps) * w in f32. x: [..., C].
+
+    As transformers (and ir/interpreter.py): the normalized value is rounded to x's dtype
+    before the weight multiply.
+    """
+    c = x.shape[-1]
+    k = te.reduce_axis((0, c), name="k")
+    sumsq = te.compute(
+        x.shape[:-1],
+        lambda *i: te.sum(_f32(x[(*i, k)]) * _f32(x[(*i, k)]), axis=k),
+        name="sumsq",
+    )
+
+    def norm(*i: tirx.Var) -> tirx.PrimExpr:
+        inv = tirx.rsqrt(sumsq[i[:-1]] / tirx.Cast(F32, c) + tirx.const(eps, F32))
+        return (_f32(w[i[-1]]) * _rounded(_f32(x[i]) * inv, x.dtype)).astype(x.dtype)
+
+    return te.compute(x.shape, norm, name="rms_norm")
+
+
+def rotary(
+    x: te.Tensor, positions: te.Tensor, inv_freq: te.Tensor, rotary_dim: int, factor: float
+) -> te.Tensor:
+    """Rotate-half (NeoX) rotary embedding on the first `rotary_dim` of D. x: [T, H, D].
+
+    Angles, cos and sin are computed in f32 from the positions; as transformers does, cos,
+    sin and each product are rounded to x's dtype before the sum.
+    """
+    half = rotary_dim // 2
+
+    def rotate(t: tirx.Var, h: tirx.Var, d: tirx.Var) -> tirx.PrimExpr:
+        # The partner lane stays inside [0, D) for every d, so no branch reads out of bounds.
+        partner = tirx.if_then_else(d < half, d + half, d - half)
+        sign = tirx.if_then_else(d < half, tirx.const(-1.0, F32), tirx.const(1.0, F32))
+        angle = positions[t].astype(F32) * inv_freq[tirx.floormod(d, half)]
+        cos = _rounded(tirx.cos(angle) * tirx.const(factor, F32), x.dtype)
+        sin = _rounded(tirx.sin(angle) * tirx.const(factor, F32), x.dtype)
+        own = _rounded(_f32(x[t, h, d]) * cos, x.dtype)
+        rotated = own + _rounded(sign * _f32(x[t, h, partner]) * sin, x.dtype)
+        return tirx.if_then_else(d < rotary_dim, rotated, _f32(x[t, h, d])).astype(x.dtype)
+
+    return te.compute(x.shape, rotate, name="rotary")
+
+
+def causal_mask(scores: te.Tensor, window: int | None) -> te.Tensor:
+    """scores[H, Tq, Tk] with -inf where key j is after query i (or i - j >= window)."""
+
+    def mask(h: tirx.Var, i: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
+        allowed = j <= i
+        if window is not None:
+            allowed = tirx.all(allowed, i - j < window)
+        return tirx.if_then_else(allowed, scores[h, i, j], tirx.min_value(scores.dtype))
+
+    return te.compute(scores.shape, mask, name="causal_mask")
+
+
+def int4_linear(
+    x: te.Tensor,
+    q: te.Tensor,
+    scales: te.Tensor,
+    zeros: te.Tensor | None,
+    bias: te.Tensor | None,
+    group_size: int,
+) -> te.Tensor:
+    """x @ dequant(q).T (+ bias), accumulated in f32; q: u8[N, K/2], low nibble first.
+
+    dequant(q)[n, k] = scales[n, k // g] * (nibble(q, n, k) - zero), zero = zeros[n, k // g] or 8.
+    """
+    n_out = q.shape[0]
+    k_in = x.shape[-1]
+    k = te.reduce_axis((0, k_in), name="k")
+
+    def weight(n: tirx.PrimExpr, kk: tirx.PrimExpr) -> tirx.PrimExpr:
+        byte = q[n, kk // 2]
+        nibble = (byte >> ((kk % 2) * 4).astype(byte.dtype)) & tirx.const(0xF, byte.dtype)
+        g = kk // group_size
+        zero = _f32(zeros[n, g]) if zeros is not None else tirx.const(8.0, F32)
+        return (nibble.astype(F32) - zero) * _f32(scales[n, g])
+
+    acc = te.compute(
+        (*x.shape[:-1], n_out),
+        lambda *i: te.sum(_f32(x[(*i[:-1], k)]) * weight(i[-1], k), axis=k),
+        name="int4_matmul",
+    )
+
+    def epilogue(*i: tirx.Var) -> tirx.PrimExpr:
+        y = acc[i] + _f32(bias[i[-1]]) if bias is not None else acc[i]
+        return y.astype(x.dtype)
+
+    return te.compute(acc.shape, epilogue, name="int4_linear")

@@ -1,0 +1,79 @@
+"""The whole path on the tiny Hugging Face checkpoints: frontend, passes, codegen, Relax VM.
+
+Each model is loaded, optimized into prefill and decode graphs, its weight-only subgraphs
+lifted and computed by the interpreter (as the bundle writer does), compiled for llvm, and
+its greedy generation compared with the interpreter's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ferrumc.codegen.build import build
+from ferrumc.codegen.targets import TARGETS
+from ferrumc.errors import RequestError
+from ferrumc.frontend.hf import load_hf
+from ferrumc.ir.interpreter import run_graph
+from ferrumc.ir.reference import generate
+from ferrumc.ir.types import DType
+from ferrumc.passes.lift_weight_transforms import lift_weight_transforms
+from ferrumc.passes.pipeline import CompileOptions, optimize
+from ferrumc.runtime.vm import VMExecutor
+
+ATOL = 1e-3
+# Low-precision runs round at the same points as the interpreter but may differ by an ulp or
+# two of the largest logits (|logits| ~ 40 here): tolerances relative to that magnitude.
+RTOL = {DType.f16: 2e-3, DType.bf16: 2.5e-2}
+# Four prompt tokens and four decode steps stay inside the tiny mistral's 8-token window.
+PROMPT = [5, 17, 33, 140]
+STEPS = 5
+
+
+def compiled(tiny_checkpoint, name: str, out_dir, dtype: DType = DType.f32):
+    loaded = load_hf(tiny_checkpoint(name, dtype.value))
+    module, transforms = lift_weight_transforms(optimize(loaded.graph(), CompileOptions(dtype)))
+    weights = {n: loaded.weights.load(n) for n in loaded.weights.types}
+    for derived, graph in transforms.items():
+        weights[derived] = run_graph(graph, {}, weights)[derived]
+    return module, weights, build(module, TARGETS["llvm"], out_dir)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "llama",
+        pytest.param("qwen2", marks=pytest.mark.slow),
+        pytest.param("qwen3", marks=pytest.mark.slow),
+        pytest.param("llama_linear", marks=pytest.mark.slow),
+        pytest.param("mistral", marks=pytest.mark.slow),
+    ],
+)
+def test_greedy_generation_matches_the_interpreter(tiny_checkpoint, tmp_path, name):
+    module, weights, built = compiled(tiny_checkpoint, name, tmp_path)
+    want = generate(module, weights, PROMPT, STEPS)
+    ex = VMExecutor(built.library, weights)
+    got = _greedy(ex)
+    assert np.argmax(got, axis=-1).tolist() == want.tokens
+    assert np.abs(got - want.logits).max() <= ATOL
+    if name == "mistral":  # the sliding window is a length limit for now
+        with pytest.raises(RequestError, match="limits sequences to 8 tokens"):
+            ex.decode([0], [1])
+
+
+def _greedy(ex: VMExecutor) -> np.ndarray:
+    ex.add_sequence(0)
+    logits = [ex.prefill([0], [PROMPT])[-1]]
+    for _ in range(STEPS - 1):
+        logits.append(ex.decode([0], [int(np.argmax(logits[-1]))])[0])
+    return np.stack(logits).astype(np.float32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [DType.f16, DType.bf16])
+def test_low_precision_generation_matches_the_interpreter(tiny_checkpoint, tmp_path, dtype):
+    module, weights, built = compiled(tiny_checkpoint, "llama", tmp_path, dtype)
+    want = generate(module, weights, PROMPT, STEPS)
+    got = _greedy(VMExecutor(built.library, weights))
+    assert np.argmax(got, axis=-1).tolist() == want.tokens
+    assert np.abs(got - want.logits).max() <= RTOL[dtype] * np.abs(want.logits).max()
