@@ -113,19 +113,29 @@ def inspect(model: str) -> None:
 def compile(
     model: str, target: str, dtype: str, emit_ir: bool, dump_ir: Path | None, output: Path | None
 ) -> None:
-    """Compile MODEL for a target (with --emit-ir: print the optimized graph)."""
+    """Compile MODEL into a bundle (-o, else the compile cache); --emit-ir prints the optimized graph."""
+    if not emit_ir:
+        from .codegen.compile import compile_command
+
+        click.echo(str(compile_command(model, target, dtype, output, dump_ir)))
+        return
     from .frontend.resolve import load_model
     from .ir.types import DType
     from .passes.pipeline import CompileOptions, optimize
 
     loaded = load_model(model)
     module = optimize(loaded.graph(), CompileOptions(dtype=DType(dtype)), dump_dir=dump_ir)
-    if emit_ir:
-        click.echo(str(module), nl=False)
-        return
-    raise click.UsageError(
-        "building bundles is not available yet: use --emit-ir to print the optimized IR"
-    )
+    click.echo(str(module), nl=False)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@friendly_errors
+def verify(bundle: Path) -> None:
+    """Check every hash in BUNDLE (manifest, library, tokenizer, each weight)."""
+    from .codegen.bundle import verify_bundle
+
+    click.echo(f"OK {verify_bundle(bundle).summary()}")
 
 
 @main.command()
@@ -136,6 +146,119 @@ def pull(model: str) -> None:
     from .frontend.pull import pull as do_pull
 
     click.echo(str(do_pull(model)))
+
+
+def launch_options(fn: F) -> F:
+    """--target, --dtype and --interpreter: how `run` and `bench` open MODEL or BUNDLE."""
+    fn = click.option(
+        "--interpreter",
+        is_flag=True,
+        help="Run with the numpy interpreter instead of compiled code (slow; needs no TVM).",
+    )(fn)
+    fn = click.option("--dtype", type=click.Choice(DTYPES), default="f32", show_default=True)(fn)
+    return click.option("-t", "--target", default="llvm", show_default=True)(fn)  # type: ignore[return-value]
+
+
+@main.command()
+@click.argument("model")
+@launch_options
+@click.option("--system", help="System message opening the conversation.")
+@click.option("--temperature", type=float, default=0.7, show_default=True, help="0 is greedy.")
+@click.option("--top-p", type=float, default=0.95, show_default=True)
+@click.option("--max-tokens", type=int, help="Per answer (default: up to the context window).")
+@click.option("--seed", type=int, help="Seed the sampler for reproducible answers.")
+@click.option("--stats", is_flag=True, help="Print token counts and speed after each answer.")
+@friendly_errors
+def run(
+    model: str,
+    target: str,
+    dtype: str,
+    interpreter: bool,
+    system: str | None,
+    temperature: float,
+    top_p: float,
+    max_tokens: int | None,
+    seed: int | None,
+    stats: bool,
+) -> None:
+    """Chat with MODEL (or a compiled BUNDLE) in the terminal, using its chat template."""
+    from .runtime.chat_cli import ChatOptions, run_chat
+    from .runtime.engine import Engine
+    from .runtime.launch import LaunchOptions, launch
+    from .runtime.types import SamplingParams
+
+    launch_opts = LaunchOptions(target, dtype, interpreter, max_batch_size=1)
+    opened = launch(model, launch_opts)
+    params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    engine = Engine(opened.executor, opened.tokenizer, max_batch_size=1, seed=seed)
+    run_chat(opened, engine, ChatOptions(system=system, sampling=params, show_stats=stats))
+
+
+@main.command()
+@click.argument("model")
+@launch_options
+@click.option("--prompt-tokens", type=int, default=128, show_default=True)
+@click.option("--decode-tokens", type=int, default=32, show_default=True)
+@click.option("--batch", type=int, default=4, show_default=True, help="Second decode run's batch.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@friendly_errors
+def bench(
+    model: str,
+    target: str,
+    dtype: str,
+    interpreter: bool,
+    prompt_tokens: int,
+    decode_tokens: int,
+    batch: int,
+    as_json: bool,
+) -> None:
+    """Measure prefill and decode tok/s, load-to-first-token time and peak RSS of MODEL or BUNDLE."""
+    from .runtime.bench import BenchOptions, run_bench
+    from .runtime.launch import LaunchOptions, launch
+
+    options = BenchOptions(prompt_tokens=prompt_tokens, decode_tokens=decode_tokens, batch=batch)
+    sizes = (options.batch, options.cache_tokens(), options.prefill_chunk_size)
+    launch_opts = LaunchOptions(target, dtype, interpreter, *sizes)
+    result = run_bench(lambda: launch(model, launch_opts), options)
+    click.echo(result.to_json() if as_json else result.to_text())
+
+
+@main.command()
+@click.argument("model", required=False, default="smollm2")
+@launch_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8000, show_default=True, help="0 picks a free port.")
+@click.option("--api-key", help="Require `Authorization: Bearer KEY` on /v1 routes.")
+@click.option("--served-model-name", help="The `model` clients send (default: MODEL as given).")
+@click.option("--max-batch-size", type=int, default=4, show_default=True)
+@click.option(
+    "--max-waiting", type=int, default=64, show_default=True, help="Queued beyond the batch: 503."
+)
+@friendly_errors
+def serve(
+    model: str,
+    target: str,
+    dtype: str,
+    interpreter: bool,
+    host: str,
+    port: int,
+    api_key: str | None,
+    served_model_name: str | None,
+    max_batch_size: int,
+    max_waiting: int,
+) -> None:
+    """Serve MODEL or BUNDLE (default: the embedded SmolLM2) with an OpenAI-compatible API."""
+    from .runtime.launch import LaunchOptions
+    from .server.app import ServerSettings
+    from .server.serve import ServeOptions
+    from .server.serve import serve as run_server
+
+    settings = ServerSettings(api_key=api_key, max_waiting=max_waiting)
+    launch_opts = LaunchOptions(
+        target=target, dtype=dtype, interpreter=interpreter, max_batch_size=max_batch_size
+    )
+    options = ServeOptions(host, port, served_model_name, settings=settings)
+    run_server(model, launch_opts, options)
 
 
 if __name__ == "__main__":

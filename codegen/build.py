@@ -1,8 +1,8 @@
 """Compile a ferrumc Module for a target: lower to Relax, fuse, schedule, `tvm.compile`, export.
 
 The library is written next to a small JSON sidecar (weight order and types, entry
-signatures, KV cache layout, target) that runtime/vm.py reads; the versioned bundle
-manifest will replace it.
+signatures, KV cache layout, target) that runtime/vm.py reads when given no metadata. Bundles
+(codegen/compile.py) carry the same facts in their manifest and need no sidecar.
 """
 
 from __future__ import annotations

@@ -46,9 +46,12 @@ class CacheLayout:
     num_kv_heads: int
     head_dim: int
     dtype: str
-    # The smallest sliding window of any layer. A sequence no longer than it sees every key
-    # either way, so the cache runs full attention and the runtime refuses longer sequences
-    # (TVM's windowed kernels mask only across chunks, not inside a prefill chunk).
+    # The sliding window every layer shares: the runtime creates the cache with sliding-window
+    # support and gives each sequence a window of this size (runtime/sliding_window.py).
+    sliding_window: int | None = None
+    # Layers with different windows (or some without) cannot share TVM's one window per
+    # sequence: the cache runs full attention, exact while a sequence is no longer than the
+    # smallest window, and the runtime refuses longer sequences.
     max_sequence_length: int | None = None
 
 
@@ -59,7 +62,7 @@ def cache_layout(module: Module) -> CacheLayout | None:
         caches = [n.op.type for n in graph.inputs if isinstance(n.op.type, KVCacheType)]  # type: ignore[attr-defined]
         attns = [n.op for n in graph.nodes if isinstance(n.op, PagedAttention)]
         heads = {op.num_heads for op in attns}
-        windows = [op.sliding_window for op in attns if op.sliding_window is not None]
+        windows = {op.sliding_window for op in attns}
         if not caches:
             continue
         if len(caches) > 1 or len(heads) > 1:
@@ -70,13 +73,29 @@ def cache_layout(module: Module) -> CacheLayout | None:
         c = caches[0]
         num_heads = heads.pop() if heads else c.num_kv_heads
         dtype = tvm_dtype(c.dtype)
-        limit = min(windows) if windows else None
-        layouts.add(CacheLayout(c.num_layers, num_heads, c.num_kv_heads, c.head_dim, dtype, limit))
+        window, limit = _window_and_limit(windows)
+        layouts.add(
+            CacheLayout(c.num_layers, num_heads, c.num_kv_heads, c.head_dim, dtype, window, limit)
+        )
     if len(layouts) > 1:
         raise UnsupportedModel(
             f"graphs disagree on the KV cache layout: {sorted(map(str, layouts))}"
         )
     return layouts.pop() if layouts else None
+
+
+def _window_and_limit(windows: set[int | None]) -> tuple[int | None, int | None]:
+    """(the shared sliding window, the sequence length limit) of a graph's attention layers.
+
+    The runtime gives a sequence a cache window of W - 1 (runtime/sliding_window.py), and TVM
+    needs a window of at least 1, so W = 1 falls back to the limit.
+    """
+    sized = {w for w in windows if w is not None}
+    if not sized:
+        return None, None
+    if len(windows) == 1 and min(sized) >= 2:
+        return min(sized), None
+    return None, min(sized)
 
 
 def create_function_module(layout: CacheLayout, target: Target) -> tvm.IRModule:
@@ -85,8 +104,8 @@ def create_function_module(layout: CacheLayout, target: Target) -> tvm.IRModule:
     Building it parses about fifteen TVMScript kernels (seconds), so it is made once per
     layout and target in a process.
     """
-    # The length limit does not change the module: share it across limits.
-    layout = replace(layout, max_sequence_length=None)
+    # Windows are set at run time and do not change the module: share it across them.
+    layout = replace(layout, sliding_window=None, max_sequence_length=None)
     key = (layout, json.dumps([target.target, target.host], sort_keys=True))
     if key not in _MODULES:
         bb = rx.BlockBuilder()
@@ -139,8 +158,8 @@ def lower_paged_attention(
     """Append k, v to the layer's pages and attend, through the cache's fused-qkv entry.
 
     The cache reads the batch (sequence ids, token counts) set by `kv_state_begin_forward`,
-    and picks its prefill or decode kernels from it, so both forms lower alike. A sliding
-    window is enforced as a sequence-length limit instead (see CacheLayout).
+    and picks its prefill or decode kernels from it, so both forms lower alike. Sliding windows
+    are the cache's, set per sequence at run time (see CacheLayout).
     """
     op = node.op
     assert isinstance(op, PagedAttention)

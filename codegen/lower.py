@@ -18,6 +18,7 @@ from ..ir.graph import Graph, Module, Value
 from ..ir.ops import Input, Weight
 from ..ir.types import TensorType
 from ..ir.verify import verify_module
+from ..passes.select_logit_rows import SelectLogitRows
 from .context import LowerContext
 from .kv_cache import CREATE_FUNCTION, CacheLayout, cache_layout, create_function_module
 from .lower_ops import LOWERINGS, NOT_YET_LOWERED
@@ -90,6 +91,10 @@ def lower_module(module: Module, target: Target) -> LoweredModule:
     bb = rx.BlockBuilder()
     signatures = {}
     for graph in module.graphs.values():
+        # The compiled prefill returns logits for the rows the runtime asks for (each chunk's
+        # last token), not for every token.
+        if graph.name == "prefill":
+            graph = SelectLogitRows()(graph)
         signatures[graph.name] = _lower_graph(bb, graph, weights, target)
     mod = bb.finalize()
     if layout is not None:

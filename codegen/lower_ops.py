@@ -2,7 +2,7 @@
 
 High-level Relax ops where their numerics match ours (LegalizeOps turns them into TIR);
 TE kernels (te_kernels.py) for rms_norm, rotary and int4 linear; TVM's paged KV cache for
-paged_attention (kv_cache.py).
+paged_attention (kv_cache.py); MoE routing and experts in lower_moe.py.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from ..ir.rope import inv_freq
 from . import te_kernels
 from .context import LowerContext, cast, out_tensor, tuple_items, tvm_dtype
 from .kv_cache import lower_paged_attention
+from .linear_cpu import emit_linear
+from .lower_moe import lower_moe_experts, lower_moe_route
 
 F32 = "float32"
 
@@ -35,6 +37,11 @@ def _linear(ctx: LowerContext, node: Node, args: list[rx.Expr]) -> Sequence[rx.E
     x, w, *bias = args
     dtype = x.ty.dtype
     w = cast(ctx, w, dtype)
+    # CPU: our own GEMV/GEMM kernel (codegen/linear_cpu.py); dlight has no fast CPU rule.
+    if ctx.target.device == "cpu":
+        y = emit_linear(ctx.bb, x, w, bias[0] if bias else None, ctx.target.vector_bits)
+        if y is not None:
+            return (y,)
     if dtype == F32:
         return (ctx.emit(rx.op.linear(x, w, bias[0] if bias else None)),)
     y = ctx.emit(rx.op.matmul(x, rx.op.permute_dims(w), out_dtype=F32))
@@ -173,10 +180,9 @@ LOWERINGS: dict[type[ops.Op], Lowering] = {
     ops.Transpose: _transpose,
     ops.Concat: _concat,
     ops.Split: _split,
+    ops.MoERoute: lower_moe_route,
+    ops.MoEExperts: lower_moe_experts,
 }
 
 # Ops with no lowering yet, and why; lowering a graph that uses one raises UnsupportedModel.
-NOT_YET_LOWERED: dict[type[ops.Op], str] = {
-    ops.MoERoute: "mixture-of-experts routing (top-k) is planned with the MoE kernels",
-    ops.MoEExperts: "mixture-of-experts expert kernels (gather/scatter GEMM) come later",
-}
+NOT_YET_LOWERED: dict[type[ops.Op], str] = {}

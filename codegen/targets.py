@@ -8,7 +8,7 @@ from pathlib import Path
 
 import tvm
 
-from ..errors import FerrumError
+from ..errors import CodegenError
 
 # CPU flags (as /proc/cpuinfo spells them) that decide which kernels a schedule may emit.
 CPU_FEATURES = (
@@ -144,5 +144,5 @@ TARGETS: dict[str, Target] = {"llvm": llvm_target(), "cuda": CUDA, "metal": META
 def get_target(name: str) -> Target:
     """The target called `name` (llvm: this machine's CPU; `llvm_target` describes another)."""
     if name not in TARGETS:
-        raise FerrumError(f"unknown target {name!r}; valid: {', '.join(TARGETS)}")
+        raise CodegenError(f"unknown target {name!r}; valid: {', '.join(TARGETS)}")
     return TARGETS[name]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -59,7 +62,9 @@ class Pass:
 
 
 def all_passes() -> dict[str, type[Pass]]:
-    """Every Pass subclass of this package imported so far, by CLI name (tests' passes excluded)."""
+    """Every Pass subclass defined in this package, by CLI name (tests' passes excluded)."""
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        importlib.import_module(f"{__package__}.{module.name}")
     found: dict[str, type[Pass]] = {}
     stack = list(Pass.__subclasses__())
     while stack:

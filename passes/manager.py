@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,8 @@ class PassManager:
     dump_dir: Path | None = None
     ctx: PassContext = field(default_factory=PassContext)
     timings: list[PassTiming] = field(default_factory=list)
+    # Called with each pass's name before it runs (the compile driver's progress bar).
+    on_pass: Callable[[str], None] | None = None
 
     def run(self, graph: Graph) -> Graph:
         try:
@@ -39,6 +41,8 @@ class PassManager:
             raise VerifyError(f"the graph given to the pass manager is invalid: {e}") from None
         self._dump(0, "input", graph)
         for i, p in enumerate(self.passes, start=1):
+            if self.on_pass is not None:
+                self.on_pass(p.name)
             start = time.perf_counter()
             graph = p.run(graph, self.ctx)
             self.timings.append(PassTiming(p.name, time.perf_counter() - start))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,19 +53,22 @@ def form_passes(form: str) -> list[Pass]:
 
 
 def optimize(
-    graph: Graph, options: CompileOptions | None = None, dump_dir: Path | None = None
+    graph: Graph,
+    options: CompileOptions | None = None,
+    dump_dir: Path | None = None,
+    on_pass: Callable[[str], None] | None = None,
 ) -> Module:
     """The forward graph as a module with graphs "prefill" and "decode".
 
     With `dump_dir`, the IR after each shared pass goes to dump_dir/NN-<pass>.ir and after each
-    per-form pass to dump_dir/<form>/NN-<pass>.ir.
+    per-form pass to dump_dir/<form>/NN-<pass>.ir. `on_pass` hears each pass's name before it runs.
     """
     options = options or CompileOptions()
-    shared = PassManager(common_passes(options), dump_dir).run(graph)
+    shared = PassManager(common_passes(options), dump_dir, on_pass=on_pass).run(graph)
     module = Module()
     for form in ATTENTION_FORMS:
         form_dir = dump_dir / form if dump_dir is not None else None
-        module.graphs[form] = PassManager(form_passes(form), form_dir).run(shared)
+        module.graphs[form] = PassManager(form_passes(form), form_dir, on_pass=on_pass).run(shared)
     return verify_module(module)
 
 

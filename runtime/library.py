@@ -1,14 +1,18 @@
 """A compiled library loaded into TVM's Relax VM with its weights, called by entry-function name.
 
-`codegen.build` writes `name.so` (or .tar) and `name.json`; the JSON gives the weight order
-of the `params` tuple every entry function takes last, and each entry's input and output names.
+The metadata gives the weight order of the `params` tuple every entry function takes last, and
+each entry's input and output names: a bundle's manifest supplies it (Manifest.library_metadata),
+or else the `name.json` sidecar that `codegen.build` writes next to `name.so` is read.
+Weights in host memory are wrapped, not copied, where TVM can use them in place (`host_tensor`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tvm
@@ -21,11 +25,20 @@ from ..ir.types import DType, storage_shape
 class Library:
     """One library in one VM on one device; the weights are uploaded once and shared by entries."""
 
-    def __init__(self, path: Path, weights: Mapping[str, np.ndarray], device: str = "cpu") -> None:
+    def __init__(
+        self,
+        path: Path,
+        weights: Mapping[str, np.ndarray],
+        device: str = "cpu",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
         path = Path(path)
         self.path = path
-        self.metadata = json.loads(path.with_suffix(".json").read_text())
+        if metadata is None:
+            metadata = json.loads(path.with_suffix(".json").read_text())
+        self.metadata = dict(metadata)
         self.device = tvm.device(device)
+        use_all_cores()
         self.vm = rx.VirtualMachine(tvm.runtime.load_module(str(path)), self.device)
         self.params = [self._upload(spec, weights) for spec in self.metadata["weights"]]
 
@@ -41,7 +54,7 @@ class Library:
                 f"{self.path}: weight {name!r} is {array.dtype}{list(array.shape)}, "
                 f"the library expects {dtype.numpy}{shape}"
             )
-        return tvm.runtime.tensor(array, self.device)
+        return host_tensor(array, self.device)
 
     def entry(self, name: str) -> tvm.ffi.Function:
         return self.vm[name]
@@ -64,3 +77,35 @@ class Library:
         if isinstance(value, np.ndarray):
             return tvm.runtime.tensor(np.ascontiguousarray(value), self.device)
         return value
+
+
+def host_tensor(array: np.ndarray, device: tvm.runtime.Device) -> tvm.runtime.Tensor:
+    """`array` as a runtime tensor: on the CPU the same memory (a bundle's memory-mapped weights
+    stay shared with the page cache), else or when TVM cannot take it in place, a copy.
+
+    In place needs a writable (DLPack refuses read-only), C-contiguous, 64-byte aligned array
+    (TVM's kernels assume that alignment). numpy exports no bfloat16 over DLPack: such weights
+    are shared as uint16 and viewed as bfloat16.
+    """
+    in_place = (
+        device.dlpack_device_type() == tvm.cpu().dlpack_device_type()
+        and array.flags.writeable
+        and array.flags.c_contiguous
+        and array.ctypes.data % 64 == 0
+    )
+    if not in_place:
+        return tvm.runtime.tensor(array, device)
+    if array.dtype == DType.bf16.numpy:
+        shared = tvm.runtime.from_dlpack(array.view(np.uint16))
+        return shared._create_view(array.shape, "bfloat16")
+    return tvm.runtime.from_dlpack(array)
+
+
+def use_all_cores() -> None:
+    """Let TVM's thread pool run one worker per core this process may use.
+
+    On x86 TVM halves the hardware thread count to skip hyper-threads, so a 2-vCPU machine
+    gets one thread; the pool reads TVM_NUM_THREADS once, when the first parallel kernel runs.
+    An explicit TVM_NUM_THREADS (e.g. a 1-thread benchmark) is left alone.
+    """
+    os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))

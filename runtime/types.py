@@ -72,7 +72,11 @@ class EngineStats:
 
 
 class Executor(Protocol):
-    """Runs the model on a paged KV cache: the compiled VM, or the numpy interpreter in tests."""
+    """Runs the model on a paged KV cache: the compiled VM, or the numpy interpreter in tests.
+
+    An executor whose cache is sized for a batch may also have `max_batch_size` (sequences per
+    call) and `prefill_chunk_size` (tokens per prefill call); the engine never exceeds them.
+    """
 
     vocab_size: int
     max_context: int  # tokens one sequence may hold

@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from ..errors import RequestError
+from ..errors import BundleError, RequestError
+from ..passes.select_logit_rows import LOGIT_ROWS_INPUT as LOGIT_ROWS
 from .library import Library
+from .sliding_window import cache_window, prefill_in_steps
 
 _SHAPE = tvm.runtime.ShapeTuple
 
@@ -46,47 +48,87 @@ class VMExecutor:
         weights: Mapping[str, np.ndarray],
         cache: CacheConfig | None = None,
         device: str = "cpu",
+        max_context: int | None = None,
+        metadata: Mapping[str, object] | None = None,
     ) -> None:
-        self.library = Library(library, weights, device)
+        # metadata: a bundle manifest's Manifest.library_metadata(); None reads the build sidecar.
+        self.library = Library(library, weights, device, metadata)
         c = self.cache_config = cache or CacheConfig()
+        layout = self.library.metadata["kv_cache"] or {}
+        # A window every layer shares is the cache's, per sequence (runtime/sliding_window.py).
+        self.sliding_window: int | None = layout.get("sliding_window")
         self.kv_cache = self.library.entry("create_kv_cache")(
             _SHAPE([c.max_batch_size]),
             _SHAPE([c.max_total_seq_len]),
             _SHAPE([c.prefill_chunk_size]),
             _SHAPE([PAGE_SIZE]),
-            _SHAPE([0]),  # no sliding window
+            _SHAPE([int(self.sliding_window is not None)]),
         )
         self.lengths: dict[int, int] = {}
-        # Sliding-window models run full attention, exact only up to the window (codegen/kv_cache.py).
-        layout = self.library.metadata["kv_cache"] or {}
+        # Layers with different windows run full attention, exact up to the smallest (kv_cache.py).
         self.max_sequence_length: int | None = layout.get("max_sequence_length")
+        # What the engine reads (runtime/types.Executor); max_context is the model's window.
+        self.vocab_size = _vocab_size(self.library.metadata)
+        self.page_size = PAGE_SIZE
+        self.num_pages = self.free_pages()
+        self.max_batch_size, self.prefill_chunk_size = c.max_batch_size, c.prefill_chunk_size
+        limits = [c.max_total_seq_len, max_context, self.max_sequence_length]
+        self.max_context = min(n for n in limits if n is not None)
+
+    def free_pages(self) -> int:
+        return int(_builtin("attention_kv_cache_get_num_available_pages")(self.kv_cache))
 
     def add_sequence(self, seq_id: int) -> None:
         _builtin("kv_state_add_sequence")(self.kv_cache, seq_id)
         self.lengths[seq_id] = 0
+        if self.sliding_window is not None:
+            _builtin("attention_kv_cache_enable_sliding_window_for_seq")(
+                self.kv_cache, seq_id, cache_window(self.sliding_window), 0
+            )
 
     def remove_sequence(self, seq_id: int) -> None:
         self._length(seq_id)
         _builtin("kv_state_remove_sequence")(self.kv_cache, seq_id)
         del self.lengths[seq_id]
 
-    def prefill(self, seq_ids: Sequence[int], chunks: Sequence[Sequence[int]]) -> np.ndarray:
-        """Append chunks[i] to sequence seq_ids[i], all in one ragged call.
+    def prefill(
+        self, seq_ids: Sequence[int], chunks: Sequence[Sequence[int]], *, last_only: bool = True
+    ) -> np.ndarray:
+        """Append chunks[i] to sequence seq_ids[i], all in one ragged call (with a sliding
+        window: in the exact steps of runtime/sliding_window.py).
 
-        Returns logits [sum of chunk lengths, vocab], rows in token order.
+        Returns logits [len(seq_ids), vocab], each chunk's last token (what runtime/types.Executor
+        promises); with last_only=False [sum of chunk lengths, vocab], rows in token order.
         """
         if len(seq_ids) != len(chunks) or any(len(c) == 0 for c in chunks):
             raise RequestError(
                 f"prefill needs one non-empty chunk per sequence, got {len(seq_ids)} sequences "
                 f"and chunk lengths {[len(c) for c in chunks]}"
             )
+        if self.sliding_window is None:
+            return self._prefill_call(list(seq_ids), [list(c) for c in chunks], last_only)
+        starts = [self._length(s) for s in seq_ids]
+        window = self.sliding_window
+        return prefill_in_steps(self._prefill_call, seq_ids, chunks, starts, window, last_only)
+
+    def _prefill_call(
+        self, seq_ids: list[int], chunks: list[list[int]], last_only: bool = False
+    ) -> np.ndarray:
+        """Logits of each chunk's last token (last_only), else of every token in order."""
         lengths = [len(c) for c in chunks]
         starts = [self._length(s) for s in seq_ids]
         positions = np.concatenate(
             [np.arange(p, p + n, dtype=np.int32) for p, n in zip(starts, lengths, strict=True)]
         )
         tokens = [t for c in chunks for t in c]
-        return self._forward("prefill", list(seq_ids), lengths, tokens, positions)
+        last = np.cumsum(lengths) - 1
+        if LOGIT_ROWS not in self.library.metadata["functions"]["prefill"]["inputs"]:
+            logits = self._forward("prefill", seq_ids, lengths, tokens, positions)
+            return logits[last] if last_only else logits
+        # The compiled prefill projects only these rows to the vocabulary (select-logit-rows).
+        rows = last if last_only else np.arange(len(tokens))
+        extra = {LOGIT_ROWS: rows.astype(np.int32)}
+        return self._forward("prefill", seq_ids, lengths, tokens, positions, extra)
 
     def decode(self, seq_ids: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
         """One token per sequence; returns logits [len(seq_ids), vocab]."""
@@ -107,18 +149,21 @@ class VMExecutor:
         lengths: list[int],
         tokens: Sequence[int],
         positions: np.ndarray,
+        extra: Mapping[str, np.ndarray] | None = None,
     ) -> np.ndarray:
         limit = self.max_sequence_length
         for seq_id, n in zip(seq_ids, lengths, strict=True):
             if limit is not None and self.lengths[seq_id] + n > limit:
                 raise RequestError(
                     f"sequence {seq_id} would grow to {self.lengths[seq_id] + n} tokens; this "
-                    f"model's sliding window limits sequences to {limit} tokens for now"
+                    f"model's layers use different sliding windows, which TVM's cache cannot "
+                    f"keep per layer, so sequences are limited to {limit} tokens (the smallest)"
                 )
         inputs = {
             "tokens": np.asarray(tokens, dtype=np.int32),
             "positions": positions,
             "kv_cache": self.kv_cache,
+            **(extra or {}),
         }
         _builtin("kv_state_begin_forward")(self.kv_cache, _SHAPE(seq_ids), _SHAPE(lengths))
         # begin_forward has reserved the new tokens' slots: from here on they count.
@@ -128,3 +173,16 @@ class VMExecutor:
             return self.library.run(entry, inputs)["logits"]
         finally:
             _builtin("kv_state_end_forward")(self.kv_cache)
+
+
+def _vocab_size(metadata: Mapping[str, object]) -> int:
+    """Rows of the output projection (or of the tied embedding) listed in the library's weights."""
+    if "vocab_size" in metadata:  # a bundle's manifest says it (weight names vary with dtype)
+        return int(metadata["vocab_size"])  # type: ignore[call-overload]
+    shapes = {w["name"]: w["shape"] for w in metadata["weights"]}  # type: ignore[index,union-attr]
+    for name in ("lm_head.weight", "embed.weight"):
+        if name in shapes:
+            return int(shapes[name][0])
+    raise BundleError(
+        f"the library lists neither lm_head.weight nor embed.weight; has {sorted(shapes)}"
+    )

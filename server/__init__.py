@@ -1,1 +1,1 @@
-"""ferrumc.server."""
+"""The OpenAI-compatible HTTP server: `create_app(engine, model)` and `ferrumc serve`."""

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+# Compiled bundles (one compile cache per session); they import TVM only when used.
+from ferrumc.tests.bundle_fixtures import bundle_cache_dir, compiled_bundle  # noqa: F401
 from ferrumc.tests.tiny_checkpoints import write_tiny_checkpoint
 
 

@@ -90,7 +90,9 @@ def test_unsupported_gguf_tensor_type(tmp_path: Path) -> None:
 def test_model_not_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert_clean_error(invoke("inspect", "/nonexistent/model"), "not found", "Fix:")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    assert_clean_error(invoke("inspect", "someorg/missing-model"), "someorg/missing-model", "ferrumc pull")
+    assert_clean_error(
+        invoke("inspect", "someorg/missing-model"), "someorg/missing-model", "ferrumc pull"
+    )
 
 
 @pytest.mark.parametrize("dtype", ["f32", "bf16"])

@@ -154,6 +154,6 @@ def test_golden_files_have_the_documented_layout(name: str) -> None:
         assert prompt.dtype == np.int32 and positions.dtype == np.int32
         assert golden[f"logits_{i}"].shape == (len(positions), vocab)
         assert positions[-1] == len(prompt) - 1
-        assert golden[f"greedy_ids_{i}"].shape == golden[f"greedy_margins_{i}"].shape == (16,)
+        assert golden[f"greedy_ids_{i}"].shape == golden[f"greedy_margins_{i}"].shape == (32,)
         # The first greedy token is the argmax of the last prompt position's logits.
         assert golden[f"logits_{i}"][-1].argmax() == golden[f"greedy_ids_{i}"][0]

@@ -8,8 +8,8 @@ Every <name>.npz holds, for each prompt i (int32 / float32 arrays, strings as nu
   prompt_ids_{i} [S]          the prompt token ids
   logit_positions_{i} [P]     which prompt positions logits_{i} covers (all for tiny models)
   logits_{i} [P, V]           transformers' f32 logits at those positions (one forward pass)
-  greedy_ids_{i} [16]         generate(do_sample=False, max_new_tokens=16) with EOS stopping disabled
-  greedy_margins_{i} [16]     top-1 minus top-2 raw logit at each greedy step
+  greedy_ids_{i} [32]         generate(do_sample=False, max_new_tokens=32) with EOS stopping disabled
+  greedy_margins_{i} [32]     top-1 minus top-2 raw logit at each greedy step
 plus num_prompts, model, transformers_version, and for SmolLM2 prompt_text_{i} and gguf_sha256.
 smollm2_tokenizer.json lists strings with the ids the GGUF-built HF tokenizer gives them.
 """
@@ -33,8 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from tiny_checkpoints import TINY_MODELS, write_tiny_checkpoint  # noqa: E402
 
-GREEDY_STEPS = 16
-TINY_PROMPT_LENGTHS = (5, 12, 20)  # 20 + 16 tokens: well past mistral's sliding window of 8
+# 32 steps: the compiled bundles' acceptance test checks 32 identical greedy tokens.
+GREEDY_STEPS = 32
+TINY_PROMPT_LENGTHS = (5, 12, 20)  # 20 + 32 tokens: well past mistral's sliding window of 8
 TINY_PROMPT_SEED = 1234
 FIRST_ORDINARY_ID = 5  # ids below are the tiny tokenizer's special tokens
 SMOLLM2 = "smollm2"
@@ -64,7 +65,7 @@ def tiny_prompts() -> list[np.ndarray]:
 
 
 def greedy(model, prompt: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
-    """16 greedy tokens (EOS does not stop) and the raw logits [16, V] each was picked from."""
+    """GREEDY_STEPS greedy tokens (EOS does not stop) and the raw logits [steps, V] each was picked from."""
     ids = torch.tensor(prompt[None], dtype=torch.long)
     out = model.generate(
         ids,
@@ -115,7 +116,7 @@ def load(folder: Path, **kwargs):
     model = AutoModelForCausalLM.from_pretrained(
         folder, dtype=torch.float32, attn_implementation="eager", **kwargs
     )
-    # A bare generation config: no EOS (so generation always runs 16 steps), no penalties.
+    # A bare generation config: no EOS (so generation always runs GREEDY_STEPS steps), no penalties.
     model.generation_config = GenerationConfig()
     return model.eval()
 

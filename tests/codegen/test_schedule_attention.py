@@ -1,0 +1,86 @@
+"""ferrumc's CPU attention kernels (codegen/attention_cpu.py) against the TVM kernels they replace.
+
+Same inputs, same outputs: the attention output (to the output dtype's rounding) and the
+base-2 log-sum-exp that TVM's merge kernel reads, for paged decode over ragged page lists and
+ragged prefill with and without the causal mask, including more keys than queries.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm.relax.frontend.nn.llm._decode_kernels import _attention_decode_cpu
+from tvm.relax.frontend.nn.llm._prefill_kernels import _attention_prefill_ragged_cpu
+
+from ferrumc.codegen.attention_cpu import decode_kernel, ragged_prefill_kernel, replacement
+from ferrumc.codegen.targets import TARGETS
+
+PAGE = 16
+SCALE = 0.25
+
+
+def _build(func: tvm.tirx.PrimFunc) -> tvm.runtime.Module:
+    return tvm.tirx.build(func, target=TARGETS["llvm"].tvm_target())
+
+
+def _run(lib, arrays: list[np.ndarray], scalars: list[object], out_shapes) -> list[np.ndarray]:
+    """Call with the input arrays, then the outputs (output, lse), then the scalar arguments."""
+    cpu = tvm.cpu()
+    outs = [tvm.runtime.tensor(np.zeros(s, d), cpu) for s, d in out_shapes]
+    lib(*[tvm.runtime.tensor(a, cpu) for a in arrays], *outs, *scalars)
+    return [o.numpy().astype(np.float32) for o in outs]
+
+
+@pytest.mark.parametrize(("h_kv", "h_q", "d"), [(2, 4, 16), (1, 3, 8)])
+def test_decode_matches_tvm(h_kv, h_q, d):
+    rng = np.random.default_rng(0)
+    pages = rng.standard_normal((9, 2, h_kv, PAGE, d)).astype(np.float16)
+    seq_pages, last = [[3, 7, 1], [0], [5, 6]], [5, 16, 1]
+    indptr = np.cumsum([0] + [len(p) for p in seq_pages]).astype(np.int32)
+    values = np.array(sum(seq_pages, []), np.int32)
+    b = len(seq_pages)
+    q = rng.standard_normal((b, h_q, d)).astype(np.float16)
+    zeros = np.zeros(b, np.int32)
+    inputs = [q, pages, indptr, values, np.array(last, np.int32), zeros, zeros]
+    scalars = [0, 1.0, 10000.0, SCALE]  # rotary_mode, rope_scale, rope_theta, sm_scale
+    shapes = [((b, h_q, d), "float16"), ((b, h_q), "float32")]
+    ref = _attention_decode_cpu(h_kv, h_q, d, "float16", False, {})
+    want = _run(_build(ref), inputs, scalars, shapes)
+    got = _run(_build(decode_kernel(h_kv, h_q, d, "float16")), inputs, scalars, shapes)
+    np.testing.assert_allclose(got[0], want[0], atol=2e-3)
+    np.testing.assert_allclose(got[1], want[1], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("q_lens", "kv_lens", "causal"),
+    [([5, 37], [5, 37], 1), ([3, 9], [7, 20], 1), ([4, 6], [4, 6], 0)],
+)
+def test_ragged_prefill_matches_tvm(q_lens, kv_lens, causal):
+    h_kv, h_q, d = 2, 4, 16
+    rng = np.random.default_rng(1)
+    q_indptr = np.cumsum([0, *q_lens]).astype(np.int32)
+    kv_indptr = np.cumsum([0, *kv_lens]).astype(np.int32)
+    total_q, total_kv = int(q_indptr[-1]), int(kv_indptr[-1])
+    q = rng.standard_normal((total_q, h_q, d)).astype(np.float16)
+    k = rng.standard_normal((total_kv, h_kv, d)).astype(np.float16)
+    v = rng.standard_normal((total_kv, h_kv, d)).astype(np.float16)
+    inputs = [q, q_indptr, k, v, kv_indptr, np.zeros(total_q, np.int32)]
+    inputs += [np.zeros(len(q_lens), np.int32)]
+    scalars = [causal, 0, 1.0, 10000.0, SCALE]  # causal, rotary_mode, rope_scale/theta, sm_scale
+    shapes = [((total_q, h_q, d), "float16"), ((total_q, h_q), "float32")]
+    ref = _attention_prefill_ragged_cpu(h_kv, h_q, d, d, "float16", {})
+    want = _run(_build(ref), inputs, scalars, shapes)
+    got = _run(_build(ragged_prefill_kernel(h_kv, h_q, d, "float16")), inputs, scalars, shapes)
+    np.testing.assert_allclose(got[0], want[0], atol=2e-3)
+    np.testing.assert_allclose(got[1], want[1], atol=1e-5)
+
+
+def test_replacement_reads_the_shapes_from_tvms_kernels():
+    tvm_decode = _attention_decode_cpu(2, 6, 16, "float16", False, {})
+    ours = replacement("batch_decode_paged_kv_cpu", tvm_decode)
+    assert ours is not None and ours.attrs["tirx.is_scheduled"]
+    tvm_ragged = _attention_prefill_ragged_cpu(2, 6, 16, 16, "float16", {})
+    assert replacement("batch_prefill_ragged_kv", tvm_ragged) is not None
+    # Kernels it has no replacement for are left alone.
+    assert replacement("batch_prefill_paged_kv_cpu", tvm_ragged) is None
