@@ -22,6 +22,7 @@ from ferrumc.ir.reference import generate_batch
 from ferrumc.runtime.library import Library
 from ferrumc.runtime.vm import VMExecutor
 from ferrumc.tests.codegen.test_llvm_frontend import compiled
+from ferrumc.tests.codegen.tiny_paged import vm_greedy_batch
 
 GOLDEN = Path(__file__).parents[1] / "goldens" / "qwen3_moe.npz"
 EXPERTS, HIDDEN, INTER, TOKENS = 6, 16, 8, 7
@@ -104,15 +105,7 @@ def test_qwen3_moe_matches_the_interpreter_in_a_batch(qwen3_moe):
     module, weights, ex = qwen3_moe
     prompts, steps = [[5, 17, 33, 140, 2, 9], [200, 7, 61]], 6
     want = generate_batch(module, weights, prompts, steps)
-    seq_ids = [10, 11]
-    for s in seq_ids:
-        ex.add_sequence(s)
-    logits = [ex.prefill(seq_ids, prompts)]
-    for _ in range(steps - 1):
-        logits.append(ex.decode(seq_ids, [int(t) for t in np.argmax(logits[-1], axis=-1)]))
-    got = np.stack(logits, axis=1)  # [B, steps, vocab]
-    for s in seq_ids:
-        ex.remove_sequence(s)
+    got = vm_greedy_batch(ex, [10, 11], prompts, steps)  # [B, steps, vocab]
     for b, gen in enumerate(want):
         assert np.argmax(got[b], axis=-1).tolist() == gen.tokens
         assert np.abs(got[b] - gen.logits).max() <= MODEL_ATOL

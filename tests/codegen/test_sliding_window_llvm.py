@@ -18,7 +18,7 @@ from ferrumc.ir.reference import forward_logits, generate_batch
 from ferrumc.runtime.sliding_window import exact_steps
 from ferrumc.runtime.vm import VMExecutor
 from ferrumc.tests.codegen.test_llvm_frontend import compiled
-from ferrumc.tests.codegen.tiny_paged import tiny_paged_module
+from ferrumc.tests.codegen.tiny_paged import tiny_paged_module, vm_greedy_batch
 
 GOLDEN = Path(__file__).parents[1] / "goldens" / "mistral.npz"
 WINDOW = 8
@@ -94,15 +94,7 @@ def test_mistral_batch_matches_the_interpreter(mistral):
     prompts = [rng.integers(0, 256, n).tolist() for n in (20, 6)]
     steps = 16
     want = generate_batch(module, weights, prompts, steps)
-    seq_ids = [20, 21]
-    for s in seq_ids:
-        ex.add_sequence(s)
-    logits = [ex.prefill(seq_ids, prompts)]
-    for _ in range(steps - 1):
-        logits.append(ex.decode(seq_ids, [int(t) for t in np.argmax(logits[-1], axis=-1)]))
-    got = np.stack(logits, axis=1)  # [B, steps, vocab]
-    for s in seq_ids:
-        ex.remove_sequence(s)
+    got = vm_greedy_batch(ex, [20, 21], prompts, steps)  # [B, steps, vocab]
     for b, gen in enumerate(want):
         assert np.argmax(got[b], axis=-1).tolist() == gen.tokens
         assert np.abs(got[b] - gen.logits).max() <= ATOL

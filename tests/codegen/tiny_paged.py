@@ -96,3 +96,18 @@ def random_weights(module: Module, seed: int = 0) -> dict[str, np.ndarray]:
             values = 0.3 * rng.standard_normal(t.shape)
         out[name] = values.astype(t.dtype.numpy)
     return out
+
+
+def vm_greedy_batch(
+    executor, seq_ids: list[int], prompts: list[list[int]], steps: int
+) -> np.ndarray:
+    """Prefill `prompts` together on a VMExecutor, then decode greedily together; the sequences are
+    removed afterwards. Returns the logits [B, steps, vocab] each token was chosen from."""
+    for s in seq_ids:
+        executor.add_sequence(s)
+    logits = [executor.prefill(seq_ids, prompts)]
+    for _ in range(steps - 1):
+        logits.append(executor.decode(seq_ids, [int(t) for t in np.argmax(logits[-1], axis=-1)]))
+    for s in seq_ids:
+        executor.remove_sequence(s)
+    return np.stack(logits, axis=1)
