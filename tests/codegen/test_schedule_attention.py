@@ -38,7 +38,7 @@ def test_decode_matches_tvm(h_kv, h_q, d):
     pages = rng.standard_normal((9, 2, h_kv, PAGE, d)).astype(np.float16)
     seq_pages, last = [[3, 7, 1], [0], [5, 6]], [5, 16, 1]
     indptr = np.cumsum([0] + [len(p) for p in seq_pages]).astype(np.int32)
-    values = np.array(sum(seq_pages, []), np.int32)
+    values = np.array([p for pages_of_seq in seq_pages for p in pages_of_seq], np.int32)
     b = len(seq_pages)
     q = rng.standard_normal((b, h_q, d)).astype(np.float16)
     zeros = np.zeros(b, np.int32)
