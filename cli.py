@@ -7,12 +7,15 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from . import __version__
 from .errors import FerrumError
+
+if TYPE_CHECKING:
+    from .passes.quantization import Int4Quantization
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -53,14 +56,19 @@ def main() -> None:
 @click.argument("model")
 @friendly_errors
 def inspect(model: str) -> None:
-    """Print a checkpoint's architecture, parameter count, dtypes and tokenizer facts."""
+    """Print a checkpoint's architecture, parameter count, dtypes and tokenizer facts
+    (for a compiled bundle: its target, compile options, quantization and weight sizes)."""
+    if (Path(model) / "manifest.json").is_file():
+        inspect_bundle(Path(model))
+        return
+    from .frontend.quant_summary import int4_aux_names, num_parameters, quantization_lines
     from .frontend.resolve import load_model
 
-    loaded = load_model(model)
+    loaded = load_model(model, keep_int4=True)  # show Q4_0 / Q4_1 GGUF linears as int4
     cfg = loaded.config
     click.echo(f"source:        {loaded.source} ({loaded.format})")
     click.echo(f"architecture:  {cfg.model_type}")
-    click.echo(f"parameters:    {loaded.weights.num_parameters():,}")
+    click.echo(f"parameters:    {num_parameters(loaded):,}")
     click.echo(
         f"shape:         {cfg.num_layers} layers, hidden {cfg.hidden_size}, heads {cfg.num_heads} "
         f"(kv {cfg.num_kv_heads}), head_dim {cfg.head_dim}, intermediate {cfg.intermediate_size}"
@@ -76,11 +84,16 @@ def inspect(model: str) -> None:
         f"context:       {cfg.max_position_embeddings}"
         + (f", sliding window {cfg.sliding_window}" if cfg.sliding_window else "")
     )
-    storage = getattr(loaded.weights, "storage", None) or {
-        n: t.dtype.value for n, t in loaded.weights.types.items()
+    aux = int4_aux_names(loaded)  # an int4 linear's scales, zeros, perm: not checkpoint tensors
+    storage = {
+        n: loaded.weights.storage.get(n, t.dtype.value)
+        for n, t in loaded.weights.types.items()
+        if n not in aux
     }
     counts = Counter(storage.values())
     click.echo("weights:       " + ", ".join(f"{n} {k}" for k, n in counts.most_common()))
+    for line in quantization_lines(loaded):
+        click.echo(line)
     tok = loaded.tokenizer
     if tok is None:
         click.echo("tokenizer:     none found")
@@ -92,6 +105,99 @@ def inspect(model: str) -> None:
             f"tokenizer:     vocab {vocab}, bos {tok.bos_token!r}, eos {tok.eos_token!r} "
             f"(ids {list(tok.eos_token_ids)}), chat template: {'yes' if tok.chat_template else 'no'}"
         )
+
+
+def inspect_bundle(bundle: Path) -> None:
+    """`ferrumc inspect BUNDLE`: what was compiled, how, and what its weights weigh by dtype."""
+    from .codegen.bundle import read_manifest
+
+    m = read_manifest(bundle)
+    cfg = m.model["config"]
+    click.echo(f"bundle:        {bundle} ({m.name}, from {m.model['source']})")
+    click.echo(f"architecture:  {cfg['model_type']}, {cfg['num_layers']} layers")
+    click.echo(f"target:        {m.target['name']} ({m.target.get('machine', '?')})")
+    click.echo(f"compute dtype: {m.options.get('dtype', 'f32')}")
+    q = m.options.get("quantize")
+    if q is None:
+        click.echo("quantization:  none")
+    else:
+        how = f"{q['quantizer']}" + (", act-order" if q.get("act_order") else "")
+        if "calibration" in q:
+            windows = "x".join(map(str, q["calibration_tokens"]))
+            how += f", calibrated on {q['calibration']} text, {windows} tokens"
+        click.echo(f"quantization:  {q['method']} group {q['group_size']} {q['scheme']} ({how})")
+    sizes: dict[str, list[int]] = {}
+    for p in m.params:
+        count_bytes = sizes.setdefault(p.dtype, [0, 0])
+        count_bytes[0] += 1
+        count_bytes[1] += p.nbytes
+    total = sum(b for _, b in sizes.values())
+    parts = [f"{d} {n} ({b / 2**20:.1f} MiB)" for d, (n, b) in sorted(sizes.items())]
+    click.echo(f"weights:       {total / 2**20:.1f} MiB: " + ", ".join(parts))
+
+
+def quantize_options(fn: F) -> F:
+    """-q int4 and how: --group-size, --scheme, --quantizer and GPTQ's --act-order, --calibration."""
+    options = [
+        click.option(
+            "-q",
+            "--quantize",
+            type=click.Choice(("none", "int4")),
+            default="none",
+            show_default=True,
+            help="Store the linears' weights in 4 bits (weight-only, grouped).",
+        ),
+        click.option(
+            "--group-size",
+            type=click.Choice(("32", "64", "128")),
+            help="int4: input columns sharing one scale  [default: 32]",
+        ),
+        click.option(
+            "--scheme",
+            type=click.Choice(("symmetric", "asymmetric")),
+            help="int4: zero fixed at 8, or a zero per group  [default: symmetric]",
+        ),
+        click.option(
+            "--quantizer",
+            type=click.Choice(("rtn", "gptq")),
+            help="int4: round to nearest, or GPTQ on calibration text  [default: rtn]",
+        ),
+        click.option("--act-order", is_flag=True, help="gptq: columns by activation size."),
+        click.option(
+            "--calibration",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="gptq: a text file to calibrate on (default: the shipped text).",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def int4_choice(
+    quantize: str,
+    group_size: str | None,
+    scheme: str | None,
+    quantizer: str | None,
+    act_order: bool,
+    calibration: Path | None,
+) -> Int4Quantization | None:
+    """The quantization the flags ask for; a flag that does not apply is a usage error naming it."""
+    from .ir.int4 import Int4Format
+    from .passes.quantization import GPTQOptions, Int4Quantization
+
+    given = {"--group-size": group_size, "--scheme": scheme, "--quantizer": quantizer}
+    given |= {"--act-order": act_order or None, "--calibration": calibration}
+    if quantize == "none":
+        if flags := [k for k, v in given.items() if v is not None]:
+            raise click.UsageError(f"{', '.join(flags)} apply to int4 only; add -q int4")
+        return None
+    gptq_only = [k for k in ("--act-order", "--calibration") if given[k] is not None]
+    if quantizer != "gptq" and gptq_only:
+        raise click.UsageError(f"{', '.join(gptq_only)} apply to GPTQ only; add --quantizer gptq")
+    fmt = Int4Format(int(group_size or 32), symmetric=scheme != "asymmetric")
+    gptq = GPTQOptions(act_order=act_order, calibration=calibration)
+    return Int4Quantization(fmt, quantizer or "rtn", gptq)
 
 
 @main.command()
@@ -109,22 +215,32 @@ def inspect(model: str) -> None:
     help="Write the IR after each pass here.",
 )
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Bundle to write.")
+@quantize_options
 @friendly_errors
 def compile(
-    model: str, target: str, dtype: str, emit_ir: bool, dump_ir: Path | None, output: Path | None
+    model: str,
+    target: str,
+    dtype: str,
+    emit_ir: bool,
+    dump_ir: Path | None,
+    output: Path | None,
+    **int4: object,
 ) -> None:
     """Compile MODEL into a bundle (-o, else the compile cache); --emit-ir prints the optimized graph."""
+    quantize = int4_choice(**int4)  # type: ignore[arg-type]
     if not emit_ir:
         from .codegen.compile import compile_command
 
-        click.echo(str(compile_command(model, target, dtype, output, dump_ir)))
+        click.echo(str(compile_command(model, target, dtype, output, dump_ir, quantize)))
         return
     from .frontend.resolve import load_model
     from .ir.types import DType
+    from .passes.calibration import pass_context
     from .passes.pipeline import CompileOptions, optimize
 
-    loaded = load_model(model)
-    module = optimize(loaded.graph(), CompileOptions(dtype=DType(dtype)), dump_dir=dump_ir)
+    loaded = load_model(model, keep_int4=quantize is not None)  # as compile_model loads it
+    options = CompileOptions(dtype=DType(dtype), quantize=quantize)
+    module = optimize(loaded.graph(), options, dump_ir, ctx=pass_context(loaded))
     click.echo(str(module), nl=False)
 
 
@@ -149,7 +265,13 @@ def pull(model: str) -> None:
 
 
 def launch_options(fn: F) -> F:
-    """--target, --dtype and --interpreter: how `run` and `bench` open MODEL or BUNDLE."""
+    """--target, --dtype, --threads and --interpreter: how `run`, `bench` and `serve` open MODEL."""
+    fn = click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        help="Worker threads for compiled kernels (default: every core this process may use; "
+        "fewer avoids stalls when other work shares the cores).",
+    )(fn)
     fn = click.option(
         "--interpreter",
         is_flag=True,
@@ -180,6 +302,7 @@ def run(
     max_tokens: int | None,
     seed: int | None,
     stats: bool,
+    threads: int | None,
 ) -> None:
     """Chat with MODEL (or a compiled BUNDLE) in the terminal, using its chat template."""
     from .runtime.chat_cli import ChatOptions, run_chat
@@ -187,7 +310,7 @@ def run(
     from .runtime.launch import LaunchOptions, launch
     from .runtime.types import SamplingParams
 
-    launch_opts = LaunchOptions(target, dtype, interpreter, max_batch_size=1)
+    launch_opts = LaunchOptions(target, dtype, interpreter, max_batch_size=1, threads=threads)
     opened = launch(model, launch_opts)
     params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
     engine = Engine(opened.executor, opened.tokenizer, max_batch_size=1, seed=seed)
@@ -211,6 +334,7 @@ def bench(
     decode_tokens: int,
     batch: int,
     as_json: bool,
+    threads: int | None,
 ) -> None:
     """Measure prefill and decode tok/s, load-to-first-token time and peak RSS of MODEL or BUNDLE."""
     from .runtime.bench import BenchOptions, run_bench
@@ -218,7 +342,7 @@ def bench(
 
     options = BenchOptions(prompt_tokens=prompt_tokens, decode_tokens=decode_tokens, batch=batch)
     sizes = (options.batch, options.cache_tokens(), options.prefill_chunk_size)
-    launch_opts = LaunchOptions(target, dtype, interpreter, *sizes)
+    launch_opts = LaunchOptions(target, dtype, interpreter, *sizes, threads=threads)
     result = run_bench(lambda: launch(model, launch_opts), options)
     click.echo(result.to_json() if as_json else result.to_text())
 
@@ -246,6 +370,7 @@ def serve(
     served_model_name: str | None,
     max_batch_size: int,
     max_waiting: int,
+    threads: int | None,
 ) -> None:
     """Serve MODEL or BUNDLE (default: the embedded SmolLM2) with an OpenAI-compatible API."""
     from .runtime.launch import LaunchOptions
@@ -255,7 +380,11 @@ def serve(
 
     settings = ServerSettings(api_key=api_key, max_waiting=max_waiting)
     launch_opts = LaunchOptions(
-        target=target, dtype=dtype, interpreter=interpreter, max_batch_size=max_batch_size
+        target=target,
+        dtype=dtype,
+        interpreter=interpreter,
+        max_batch_size=max_batch_size,
+        threads=threads,
     )
     options = ServeOptions(host, port, served_model_name, settings=settings)
     run_server(model, launch_opts, options)

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import tvm
 from tvm import relax as rx
-from tvm.s_tir import dlight as dl
 
 from ..ir.graph import Module
 from .lower import LoweredModule, lower_module
 from .schedule_cpu import cpu_schedule_pass
+from .schedule_gpu import gpu_schedule_pass
 from .targets import Target
 
 METADATA_VERSION = 1
@@ -36,15 +36,7 @@ class BuildResult:
 def schedule_passes(target: Target) -> list[tvm.transform.Pass]:
     """GPU kernels need loops bound to threads (dlight's rules); CPU gets the parallel rule."""
     if target.needs_thread_binding:
-        return [
-            dl.ApplyDefaultSchedule(
-                dl.gpu.Matmul(),
-                dl.gpu.GEMV(),
-                dl.gpu.Reduction(),
-                dl.gpu.GeneralReduction(),
-                dl.gpu.Fallback(),
-            )
-        ]
+        return [gpu_schedule_pass()]
     return [cpu_schedule_pass()]
 
 

@@ -17,10 +17,13 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CodegenError
 from .bundle import FORMAT_VERSION, sha256_file
+
+if TYPE_CHECKING:
+    from ..passes.quantization import Int4Quantization
 
 CACHE_ENV = "FERRUMC_CACHE_DIR"
 # Files of a checkpoint folder that decide the compiled bundle (weights, config, tokenizer).
@@ -132,11 +135,13 @@ def cached_bundle(
     *,
     target: str = "llvm",
     dtype: str = "f32",
+    quantize: Int4Quantization | None = None,
     progress: bool = True,
     rebuild: bool = False,
     dump_ir: Path | None = None,
 ) -> Path:
-    """The cache's bundle for `ref` on `target` in `dtype`, compiled first if it is not there."""
+    """The cache's bundle for `ref` on `target` in `dtype` (int4 with `quantize`), compiled first
+    if it is not there."""
     import tvm
     import tvm_ffi
 
@@ -148,7 +153,7 @@ def cached_bundle(
     from .targets import get_target
 
     try:
-        options = CompileOptions(dtype=DType.parse(dtype))
+        options = CompileOptions(dtype=DType.parse(dtype), quantize=quantize)
     except ValueError as e:
         raise CodegenError(f"compile dtype: {e}") from None
     chosen = get_target(target)

@@ -28,8 +28,10 @@ from ..frontend.resolve import load_model
 from ..ir.graph import Graph
 from ..ir.interpreter import run_graph
 from ..ir.types import DType, storage_shape
+from ..passes.calibration import pass_context
 from ..passes.lift_weight_transforms import lift_weight_transforms
 from ..passes.pipeline import CompileOptions, optimize
+from ..passes.quantization import Int4Quantization
 from .build import compile_lowered, library_path, metadata
 from .bundle import BundleWriter, Manifest
 from .kv_cache import CREATE_ARGS, CREATE_FUNCTION
@@ -62,11 +64,13 @@ def compile_model(
         with BundleWriter(out) as writer:
             # Config, tokenizer and weight types from the checkpoint; weight data stays on disk.
             with prog.phase("load"):
-                loaded = load_model(ref)
-            # Fusions, the compute dtype and paged attention: the graphs the library will run.
+                # With -q int4, int4 checkpoint tensors (GGUF Q4_0 / Q4_1) stay as they are.
+                loaded = load_model(ref, keep_int4=options.quantize is not None)
+            # Fusions, the compute dtype, int4 and paged attention: the graphs the library runs.
             with prog.phase("optimize"):
-                module = optimize(loaded.graph(), options, dump_ir, on_pass=prog.detail)
-            # Weight-only subgraphs (qkv concat, dtype casts) become weights computed once, here.
+                ctx = pass_context(loaded)
+                module = optimize(loaded.graph(), options, dump_ir, prog.detail, ctx)
+            # Weight-only subgraphs (qkv concat, casts, int4) become weights computed once, here.
             with prog.phase("lift"):
                 module, transforms = lift_weight_transforms(module)
             # Relax functions and the KV cache's kernels; fixes the library's weight order.
@@ -74,7 +78,8 @@ def compile_model(
                 lowered = lower_module(module, target)
             # One weight at a time: read or compute it, append it to a shard, let it go.
             with prog.phase("weights"):
-                params = writer.write_params(_weights(loaded, transforms, lowered, prog))
+                weights = _weights(loaded, ctx.derived, transforms, lowered, prog)
+                params = writer.write_params(weights)
             # TVM: fuse, schedule, generate code and link; the longest phase.
             with prog.phase("build"):
                 library, kernels = _build(lowered, target, writer.dir, prog)
@@ -96,17 +101,23 @@ def compile_model(
 
 
 def _weights(
-    loaded: LoadedModel, transforms: dict[str, Graph], lowered: LoweredModule, prog: CompileProgress
+    loaded: LoadedModel,
+    computed: dict[str, np.ndarray],
+    transforms: dict[str, Graph],
+    lowered: LoweredModule,
+    prog: CompileProgress,
 ) -> Iterator[tuple[str, DType, np.ndarray]]:
-    """Every weight the library takes, in its order: read from the checkpoint, or computed from
-    checkpoint weights by the numpy interpreter (derived weights), checked against its type."""
+    """Every weight the library takes, in its order: read from the checkpoint, computed by a pass
+    (GPTQ's codes), or computed from those by the numpy interpreter (derived weights), checked
+    against its type."""
+
+    def load(name: str) -> np.ndarray:
+        return computed[name] if name in computed else loaded.weights.load(name)
+
     names = lowered.weight_names
     for i, name in enumerate(names, start=1):
         prog.detail(f"{i}/{len(names)} {name}")
-        if name in transforms:
-            array = run_graph(transforms[name], {}, loaded.weights.load)[name]
-        else:
-            array = loaded.weights.load(name)
+        array = run_graph(transforms[name], {}, load)[name] if name in transforms else load(name)
         t = lowered.weight_types[name]
         shape = storage_shape(t.dtype, t.shape)
         if array.dtype != t.dtype.numpy or tuple(array.shape) != tuple(shape):
@@ -189,11 +200,15 @@ def _manifest(
 
 
 def options_record(options: CompileOptions) -> dict[str, Any]:
-    """Compile options as JSON values (enums by value), for the manifest and the cache key."""
-    return {
-        f.name: v.value if isinstance(v := getattr(options, f.name), enum.Enum) else v
-        for f in dataclasses.fields(options)
-    }
+    """Compile options as JSON values (enums by value, quantization by its record), for the
+    manifest and the cache key."""
+
+    def record(v: Any) -> Any:
+        if isinstance(v, enum.Enum):
+            return v.value
+        return v.record() if isinstance(v, Int4Quantization) else v
+
+    return {f.name: record(getattr(options, f.name)) for f in dataclasses.fields(options)}
 
 
 def model_name(ref: str, source: Path) -> str:
@@ -204,7 +219,12 @@ def model_name(ref: str, source: Path) -> str:
 
 
 def compile_command(
-    ref: str, target: str, dtype: str, output: Path | None, dump_ir: Path | None
+    ref: str,
+    target: str,
+    dtype: str,
+    output: Path | None,
+    dump_ir: Path | None,
+    quantize: Int4Quantization | None = None,
 ) -> Path:
     """`ferrumc compile`: into `output`, or into the compile cache (reused when already there;
     rebuilt when IR dumps are asked for, so that they get written)."""
@@ -212,7 +232,9 @@ def compile_command(
         from .cache import cached_bundle
 
         rebuild = dump_ir is not None
-        return cached_bundle(ref, target=target, dtype=dtype, rebuild=rebuild, dump_ir=dump_ir)
-    options = CompileOptions(dtype=DType(dtype))
+        return cached_bundle(
+            ref, target=target, dtype=dtype, quantize=quantize, rebuild=rebuild, dump_ir=dump_ir
+        )
+    options = CompileOptions(dtype=DType(dtype), quantize=quantize)
     compile_model(ref, output, target=target, options=options, dump_ir=dump_ir)
     return output

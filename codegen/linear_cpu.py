@@ -86,7 +86,7 @@ def tiling(spec: LinearSpec, vector_bits: int = 512) -> Tiling:
 @functools.cache
 def linear_kernel(spec: LinearSpec, tiles: Tiling) -> tirx.PrimFunc:
     """The PrimFunc (x[M, K], w[N, K], [bias[N]], y[M, N]) for `spec`; parsing TVMScript costs
-    ~0.5 s, and every layer asks for the same few kernels, hence the cache."""
+    ~0.25 s, and every layer asks for the same few kernels, hence the cache."""
     n, k = spec.n, spec.k
     lanes, rows, nt = tiles.lanes, tiles.gemv_rows, tiles.n_tile
     mr, tokens, band = tiles.gemm_rows, tiles.tokens, tiles.band

@@ -17,6 +17,7 @@ from ..ir.graph import Node
 from ..ir.rope import inv_freq
 from . import te_kernels
 from .context import LowerContext, cast, out_tensor, tuple_items, tvm_dtype
+from .int4_cpu import emit_int4_linear
 from .kv_cache import lower_paged_attention
 from .linear_cpu import emit_linear
 from .lower_moe import lower_moe_experts, lower_moe_route
@@ -51,14 +52,31 @@ def _linear(ctx: LowerContext, node: Node, args: list[rx.Expr]) -> Sequence[rx.E
 
 
 def _int4_linear(ctx: LowerContext, node: Node, args: list[rx.Expr]) -> Sequence[rx.Expr]:
+    """Fused dequantize + matmul: our TIR kernel on CPU (codegen/int4_cpu.py), else a TE
+    kernel that dlight's GPU rules schedule (and that serves group sizes the CPU kernel lacks)."""
     op = node.op
     assert isinstance(op, ops.Int4Linear)
     x, q, scales, *rest = args
     zeros = rest.pop(0) if op.has_zeros else None
+    perm = rest.pop(0) if op.has_perm else None
     bias = rest.pop(0) if op.has_bias else None
+    if ctx.target.device == "cpu":
+        y = emit_int4_linear(
+            ctx.bb, x, q, scales, zeros, perm, bias, op.group_size, ctx.target.vector_bits
+        )
+        if y is not None:
+            return (y,)
     return (
         ctx.emit_te(
-            te_kernels.int4_linear, x, q, scales, zeros, bias, op.group_size, name="int4_linear"
+            te_kernels.int4_linear,
+            x,
+            q,
+            scales,
+            zeros,
+            perm,
+            bias,
+            op.group_size,
+            name="int4_linear",
         ),
     )
 
@@ -185,4 +203,6 @@ LOWERINGS: dict[type[ops.Op], Lowering] = {
 }
 
 # Ops with no lowering yet, and why; lowering a graph that uses one raises UnsupportedModel.
-NOT_YET_LOWERED: dict[type[ops.Op], str] = {}
+NOT_YET_LOWERED: dict[type[ops.Op], str] = {
+    ops.QuantizeInt4: "weight-only: lift-weight-transforms computes it at compile time",
+}

@@ -6,9 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tvm
-
 from ..errors import CodegenError
+from .tvm_import import tvm
 
 # CPU flags (as /proc/cpuinfo spells them) that decide which kernels a schedule may emit.
 CPU_FEATURES = (

@@ -78,27 +78,33 @@ def int4_linear(
     q: te.Tensor,
     scales: te.Tensor,
     zeros: te.Tensor | None,
+    perm: te.Tensor | None,
     bias: te.Tensor | None,
     group_size: int,
 ) -> te.Tensor:
-    """x @ dequant(q).T (+ bias), accumulated in f32; q: u8[N, K/2], low nibble first.
+    """x[..., perm] @ dequant(q).T (+ bias), accumulated in f32; q: u8[N, K/2], low nibble first.
 
     dequant(q)[n, k] = scales[n, k // g] * (nibble(q, n, k) - zero), zero = zeros[n, k // g] or 8.
+    The dequantize is its own stage, as dlight's GPU rules expect: they inline it into the
+    matmul's loads (GEMV for one row, Matmul's tiles otherwise).
     """
     n_out = q.shape[0]
     k_in = x.shape[-1]
-    k = te.reduce_axis((0, k_in), name="k")
 
-    def weight(n: tirx.PrimExpr, kk: tirx.PrimExpr) -> tirx.PrimExpr:
+    def dequant(n: tirx.Var, kk: tirx.Var) -> tirx.PrimExpr:
         byte = q[n, kk // 2]
         nibble = (byte >> ((kk % 2) * 4).astype(byte.dtype)) & tirx.const(0xF, byte.dtype)
         g = kk // group_size
         zero = _f32(zeros[n, g]) if zeros is not None else tirx.const(8.0, F32)
         return (nibble.astype(F32) - zero) * _f32(scales[n, g])
 
+    w = te.compute((n_out, k_in), dequant, name="int4_dequantize")
+    if perm is not None:
+        x = te.compute(x.shape, lambda *i: x[(*i[:-1], perm[i[-1]])], name="int4_gather_x")
+    k = te.reduce_axis((0, k_in), name="k")
     acc = te.compute(
         (*x.shape[:-1], n_out),
-        lambda *i: te.sum(_f32(x[(*i[:-1], k)]) * weight(i[-1], k), axis=k),
+        lambda *i: te.sum(_f32(x[(*i[:-1], k)]) * w[i[-1], k], axis=k),
         name="int4_matmul",
     )
 

@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError, UnsupportedModel
+from ..ir.int4 import Int4Format
 from ..ir.rope import RopeScaling, inv_freq
 from ..ir.types import DType, TensorType
 from .config import DecoderConfig
+from .gguf_int4 import GROUP, INT4_TYPES, Q, q4_qweight, q4_scales, q4_zeros
 from .gguf_reader import GGUFFile
 from .gguf_tokenizer import load_gguf_tokenizer
-from .model import LoadedModel, WeightSource
+from .model import LoadedModel, QuantizedLinear, WeightSource
 
 ARCHITECTURES = ("llama", "qwen2")
 
@@ -195,11 +197,54 @@ def _loader(f: GGUFFile, gguf_name: str, heads: int | None) -> Callable[[], np.n
     return lambda: unpermute_rotary(read(), heads)
 
 
-def gguf_weights(f: GGUFFile, config: DecoderConfig) -> WeightSource:
-    """Every GGUF tensor under its ferrumc name, shape-checked; fails on any tensor it cannot place."""
+# Linear weights (their leaf names) that a Q4_0 / Q4_1 tensor feeds as int4 with keep_int4.
+INT4_LINEARS = (
+    *(f"attn.{p}.weight" for p in "qkvo"),
+    *(f"mlp.{p}.weight" for p in ("gate", "up", "down")),
+    "lm_head.weight",
+)
+
+
+def _int4_weights(
+    f: GGUFFile, gguf_name: str, linear: str, shape: tuple[int, ...], heads: int | None
+) -> tuple[QuantizedLinear, dict[str, TensorType], dict[str, Callable[[], np.ndarray]]]:
+    """One Q4_0 / Q4_1 linear as int4 weights `<linear>.qweight`, `.scales` (and `.zeros`)."""
+    data, qtype = f.raw(gguf_name)
+    n, k = shape
+    quant = QuantizedLinear(
+        Int4Format(GROUP, qtype == Q.Q4_0), DType.f16, None, f"GGUF {qtype.name}"
+    )
+    decoders = {"qweight": q4_qweight, "scales": q4_scales, "zeros": q4_zeros}
+    if qtype == Q.Q4_0:
+        del decoders["zeros"]
+    groups = (n, k // GROUP)
+    shapes = {"qweight": (n, k), "scales": groups, "zeros": groups}
+    dtypes = {"qweight": DType.u4, "scales": DType.f16, "zeros": DType.f32}
+    types = {f"{linear}.{p}": TensorType(dtypes[p], shapes[p]) for p in decoders}
+
+    def loader(decode: Callable[..., np.ndarray]) -> Callable[[], np.ndarray]:
+        def load() -> np.ndarray:
+            array = decode(data, qtype, n, k)
+            return array if heads is None else unpermute_rotary(array, heads)  # rows only
+
+        return load
+
+    loaders = {f"{linear}.{p}": loader(decode) for p, decode in decoders.items()}
+    return quant, types, loaders
+
+
+def gguf_weights(
+    f: GGUFFile, config: DecoderConfig, keep_int4: bool = False
+) -> tuple[WeightSource, dict[str, QuantizedLinear]]:
+    """Every GGUF tensor under its ferrumc name, shape-checked; fails on any tensor it cannot place.
+
+    With `keep_int4`, Q4_0 / Q4_1 linear weights stay int4 (returned as the quantized linears);
+    otherwise, as every other type, they are dequantized to f32 when loaded.
+    """
     types: dict[str, TensorType] = {}
     loaders: dict[str, Callable[[], np.ndarray]] = {}
     storage: dict[str, str] = {}
+    quantized: dict[str, QuantizedLinear] = {}
     unused: list[str] = []
     for t in f.tensors():
         if t.name in FOLDED:
@@ -219,26 +264,59 @@ def gguf_weights(f: GGUFFile, config: DecoderConfig) -> WeightSource:
                 f"{f.path}: tensor {t.name!r} (ferrumc {name}) has shape {list(t.shape)}, "
                 f"the config implies {list(want)}"
             )
+        heads = _rotary_heads(name, config)
+        leaf = name.split(".", 2)[-1] if name.startswith("layers.") else name
+        if keep_int4 and leaf in INT4_LINEARS and Q[t.type_name] in INT4_TYPES:
+            linear = name.removesuffix(".weight")
+            quantized[linear], int4_types, int4_loaders = _int4_weights(
+                f, t.name, linear, want, heads
+            )
+            types.update(int4_types)
+            loaders.update(int4_loaders)
+            storage.update(dict.fromkeys(int4_types, t.type_name))
+            continue
         types[name] = TensorType(DType.f32, want)
-        loaders[name] = _loader(f, t.name, _rotary_heads(name, config))
+        loaders[name] = _loader(f, t.name, heads)
         storage[name] = t.type_name
-    missing = [n for n in required_names(config) if n not in types]
+        tied_int4 = name == "embed.weight" and config.tie_word_embeddings
+        if keep_int4 and tied_int4 and Q[t.type_name] in INT4_TYPES:
+            # The tied output head reads the embedding's own int4 blocks (what decode streams
+            # every token); the lookup keeps the dequantized table, of which it reads a row.
+            quantized["lm_head"], int4_types, int4_loaders = _int4_weights(
+                f, t.name, "lm_head", want, None
+            )
+            types.update(int4_types)
+            loaders.update(int4_loaders)
+            storage.update(dict.fromkeys(int4_types, t.type_name))
+    missing = [
+        n
+        for n in required_names(config)
+        if n not in types and n[: -len(".weight")] not in quantized
+    ]
     if missing:
         raise CheckpointError(
             f"{f.path}: {len(missing)} weights the config needs are absent, e.g. {', '.join(missing[:3])}"
         )
-    return WeightSource(types, loaders, unused=unused, storage=storage)
+    return WeightSource(types, loaders, unused=unused, storage=storage), quantized
 
 
-def load_gguf(path: str | Path) -> LoadedModel:
-    """Open a GGUF file: config and tokenizer now, weights read and dequantized only when loaded."""
+def load_gguf(path: str | Path, keep_int4: bool = False) -> LoadedModel:
+    """Open a GGUF file: config and tokenizer now, weights read (and dequantized) only when loaded.
+
+    `keep_int4`: Q4_0 / Q4_1 linear weights stay int4 (group 32) instead of being dequantized.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such GGUF file")
     f = GGUFFile(path)
     config = gguf_config(f)
-    weights = gguf_weights(f, config)
+    weights, quantized = gguf_weights(f, config, keep_int4)
     tokenizer = load_gguf_tokenizer(f)
     return LoadedModel(
-        source=path, format="gguf", config=config, weights=weights, tokenizer=tokenizer
+        source=path,
+        format="gguf",
+        config=config,
+        weights=weights,
+        tokenizer=tokenizer,
+        quantized=quantized,
     )

@@ -112,6 +112,11 @@ class GGUFFile:
 
         return load
 
+    def raw(self, name: str) -> tuple[np.ndarray, Q]:
+        """The tensor's stored data (block bytes for quantized types, memory-mapped) and its type."""
+        tensor = self._tensors[name]
+        return tensor.data, tensor.tensor_type
+
 
 def dequantize(data: np.ndarray, qtype: Q) -> np.ndarray:
     """Decode raw GGUF tensor data (typed array or block bytes) to a fresh f32 array."""

@@ -6,11 +6,13 @@ import dataclasses
 from pathlib import Path
 
 from ..errors import CheckpointError
+from .gptq import load_gptq_weights
 from .hf_config import load_hf_config
 from .hf_tokenizer import load_tokenizer, read_json
 from .hf_weights import map_weights, stored_dtype
 from .model import LoadedModel
 from .models import architecture, build_graph
+from .quant_config import quantization_config
 from .safetensors_io import SafetensorsCheckpoint
 
 
@@ -33,8 +35,13 @@ def load_hf(path: Path) -> LoadedModel:
     stored = stored_dtype(ckpt, arch)
     if stored is not None and stored is not config.weight_dtype:
         config = dataclasses.replace(config, weight_dtype=stored)
-    expected = build_graph(config).weight_types()
-    weights = map_weights(ckpt, arch, expected, config.tie_word_embeddings)
+    quant = quantization_config(directory)
+    if quant is None:
+        quantized = {}
+        expected = build_graph(config).weight_types()
+        weights = map_weights(ckpt, arch, expected, config.tie_word_embeddings)
+    else:  # int4 linears stay int4 (frontend/gptq.py)
+        quantized, weights = load_gptq_weights(ckpt, arch, config, quant)
     generation = read_json(directory / "generation_config.json")
     model_config = read_json(config_path)
     return LoadedModel(
@@ -44,4 +51,5 @@ def load_hf(path: Path) -> LoadedModel:
         weights=weights,
         tokenizer=load_tokenizer(directory, generation, model_config),
         generation=generation,
+        quantized=quantized,
     )

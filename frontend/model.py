@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from ..ir.graph import Graph
-from ..ir.types import TensorType
+from ..ir.int4 import Int4Format
+from ..ir.types import DType, TensorType, storage_shape
 from .config import DecoderConfig
 
 
@@ -27,7 +28,9 @@ class WeightSource:
     def load(self, name: str) -> np.ndarray:
         array = self.loaders[name]()
         expected = self.types[name]
-        assert array.shape == expected.shape, f"{name}: loaded {array.shape}, declared {expected}"
+        # u4 arrives packed, two codes per byte (ir/int4.py).
+        shape = storage_shape(expected.dtype, expected.shape)
+        assert array.shape == shape, f"{name}: loaded {array.shape}, declared {expected}"
         return array
 
     def __contains__(self, name: object) -> bool:
@@ -35,6 +38,20 @@ class WeightSource:
 
     def num_parameters(self) -> int:
         return sum(t.numel() for t in self.types.values())
+
+
+@dataclass(frozen=True)
+class QuantizedLinear:
+    """A linear the checkpoint stores in int4, loaded as it is: the graph reads `<name>.qweight`
+    (u4[N, K]), `<name>.scales` ([N, K/g] in `scale_dtype`), `<name>.zeros` (f32[N, K/g], asymmetric
+    only) and, for act-order checkpoints, the i32[K] weight named `perm` (see ops.Int4Linear)."""
+
+    format: Int4Format
+    scale_dtype: DType = DType.f16
+    # Linears reading one input with equal permutations share one perm weight, so they can fuse.
+    perm: str | None = None
+    # Where it came from, for `ferrumc inspect` ("GPTQ v1", "GGUF Q4_0", ...).
+    origin: str = ""
 
 
 @dataclass
@@ -63,8 +80,10 @@ class LoadedModel:
     weights: WeightSource
     tokenizer: TokenizerInfo | None
     generation: dict[str, object] = field(default_factory=dict)
+    # Linears kept in int4 as the checkpoint stores them, by ferrumc name ("layers.0.attn.q").
+    quantized: dict[str, QuantizedLinear] = field(default_factory=dict)
 
     def graph(self) -> Graph:
         from .models import build_graph
 
-        return build_graph(self.config)
+        return build_graph(self.config, self.quantized)

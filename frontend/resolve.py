@@ -141,8 +141,12 @@ def resolve_model(ref: str) -> Path:
     )
 
 
-def load_model(ref: str) -> LoadedModel:
-    """Resolve `ref` and read it with the frontend its format needs."""
+def load_model(ref: str, keep_int4: bool = False) -> LoadedModel:
+    """Resolve `ref` and read it with the frontend its format needs.
+
+    `keep_int4`: a GGUF's Q4_0 / Q4_1 linears stay int4 rather than being dequantized to f32.
+    (GPTQ checkpoints always load as int4: their float form is never materialized.)
+    """
     path = resolve_model(ref)
     if path.is_dir():
         from .hf import load_hf
@@ -150,4 +154,4 @@ def load_model(ref: str) -> LoadedModel:
         return load_hf(path)
     from .gguf import load_gguf
 
-    return load_gguf(path)
+    return load_gguf(path, keep_int4=keep_int4)

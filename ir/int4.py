@@ -6,6 +6,9 @@ so `pack_int4` halves the last axis and `unpack_int4` doubles it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import numpy as np
 
 
@@ -31,3 +34,23 @@ def unpack_int4(packed: np.ndarray) -> np.ndarray:
     out[..., 0::2] = packed & 0x0F
     out[..., 1::2] = packed >> 4
     return out
+
+
+@dataclass(frozen=True)
+class Int4Format:
+    """How a linear's weights are stored in 4 bits: one scale (and, asymmetric, one zero point)
+    per `group_size` consecutive input columns of each output row."""
+
+    group_size: int = 32
+    symmetric: bool = True
+
+    GROUP_SIZES: ClassVar[tuple[int, ...]] = (32, 64, 128)
+
+    def __post_init__(self) -> None:
+        if self.group_size not in self.GROUP_SIZES:
+            sizes = ", ".join(map(str, self.GROUP_SIZES))
+            raise ValueError(f"int4 group size must be one of {sizes}, got {self.group_size}")
+
+    def __str__(self) -> str:
+        scheme = "symmetric" if self.symmetric else "asymmetric"
+        return f"int4 group {self.group_size} {scheme}"

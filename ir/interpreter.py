@@ -19,6 +19,7 @@ from ..errors import CheckpointError, RequestError
 from . import ops
 from .graph import Graph, Value
 from .int4 import pack_int4, unpack_int4
+from .int4_quantize import rtn_quantize
 from .rope import inv_freq
 from .types import FLOAT_DTYPES, Dim, DType, KVCacheType, TensorType, Type, storage_shape
 
@@ -74,11 +75,20 @@ def dequantize_int4(
 
 
 def int4_linear(op: ops.Int4Linear, x: np.ndarray, q: np.ndarray, scales: np.ndarray, *rest):
-    zeros = rest[0] if op.has_zeros else None
-    bias = rest[-1] if op.has_bias else None
+    extra = list(rest)
+    zeros = extra.pop(0) if op.has_zeros else None
+    perm = extra.pop(0) if op.has_perm else None
+    bias = extra.pop(0) if op.has_bias else None
+    if perm is not None:
+        x = np.take(x, perm, axis=-1)  # act-order: column k of q multiplies x[..., perm[k]]
     # The dequantized weight stays f32: the op's numerics are those of the unquantized matmul.
     w = dequantize_int4(q, scales, zeros, op.group_size)
     return linear(ops.Linear(has_bias=op.has_bias), x, w, bias)
+
+
+def quantize_int4(op: ops.QuantizeInt4, w: np.ndarray) -> tuple[np.ndarray, ...]:
+    q, scales, zeros = rtn_quantize(w, op.group_size, op.symmetric, op.dtype.numpy)
+    return (pack_int4(q), scales) if op.symmetric else (pack_int4(q), scales, zeros)
 
 
 # --- normalization and position --------------------------------------------------------------------
@@ -250,6 +260,7 @@ KERNELS: dict[type[ops.Op], Kernel] = {
     ops.Embedding: embedding,
     ops.Linear: linear,
     ops.Int4Linear: int4_linear,
+    ops.QuantizeInt4: quantize_int4,
     ops.RMSNorm: rms_norm,
     ops.AddRMSNorm: add_rms_norm,
     ops.Rotary: rotary,

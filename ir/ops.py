@@ -179,18 +179,23 @@ class Linear(Op):
 
 @dataclass(frozen=True)
 class Int4Linear(Op):
-    """Group-quantized linear: w[n, k] = scales[n, k // g] * (q[n, k] - zero), zero = zeros[n, k // g] or 8.
+    """Group-quantized linear: y = x[..., perm] @ w.T (+ bias), w dequantized from 4-bit codes.
 
-    (x[..., K], q u4[N, K], scales[N, K/g], zeros[N, K/g]?, bias[N]?) -> [..., N] in x's dtype.
+    w[n, k] = scales[n, k // g] * (q[n, k] - zero), zero = zeros[n, k // g] (float) or 8.
+    Inputs, in this order: (x[..., K], q u4[N, K], scales[N, K/g], zeros[N, K/g]?, perm i32[K]?,
+    bias[N]?) -> [..., N] in x's dtype; scales and zeros may be in any float dtype.
+    `perm` (act-order checkpoints, whose groups are scattered over K) reorders x's columns so that
+    each group of q is contiguous: column k of q multiplies x[..., perm[k]]. Without it, perm = identity.
     """
 
     opname: ClassVar[str] = "int4_linear"
     group_size: int = 32
     has_zeros: bool = False
+    has_perm: bool = False
     has_bias: bool = False
 
     def arity(self) -> int:
-        return 3 + self.has_zeros + self.has_bias
+        return 3 + self.has_zeros + self.has_perm + self.has_bias
 
     def infer(self, ins: Sequence[Type]) -> tuple[Type, ...]:
         x, q, scales = _float(ins[0], "x"), _tensor(ins[1], "qweight"), _float(ins[2], "scales")
@@ -207,10 +212,42 @@ class Int4Linear(Op):
         if self.has_zeros:
             zeros = _float(rest.pop(0), "zeros")
             expect(zeros.shape == groups, f"zeros {zeros} must be {format_shape(groups)}")
+        if self.has_perm:
+            perm = _tensor(rest.pop(0), "perm")
+            expect(perm.dtype is DType.i32 and perm.shape == (k,), f"perm {perm} must be i32[{k}]")
         if self.has_bias:
             b = _float(rest.pop(0), "bias")
             expect(b.shape == (n,), f"bias {b} must be [{n}]")
         return (TensorType(x.dtype, (*x.shape[:-1], n)),)
+
+
+@dataclass(frozen=True)
+class QuantizeInt4(Op):
+    """Round-to-nearest int4 group quantization of a weight, into Int4Linear's inputs.
+
+    (w[N, K]) -> (q u4[N, K], scales[N, K/g], zeros[N, K/g] unless symmetric), scales and zeros
+    in `dtype`; numerics in ir/int4_quantize.py. Only ever applied to weights:
+    lift-weight-transforms computes it at compile time, so it is never lowered.
+    """
+
+    opname: ClassVar[str] = "quantize_int4"
+    num_inputs: ClassVar[int] = 1
+    group_size: int = 32
+    symmetric: bool = True
+    dtype: DType = DType.f16
+
+    def infer(self, ins: Sequence[Type]) -> tuple[Type, ...]:
+        w = _float(ins[0], "weight")
+        expect(w.rank == 2, f"weight must be [out, in], got {w}")
+        expect(self.dtype in FLOAT_DTYPES, f"scales dtype must be a float, got {self.dtype.value}")
+        n, k = w.shape
+        expect(
+            isinstance(k, int) and k % self.group_size == 0,
+            f"in dim {k} is not a multiple of group size {self.group_size}",
+        )
+        groups = TensorType(self.dtype, (n, k // self.group_size))  # type: ignore[operator]
+        q = TensorType(DType.u4, (n, k))
+        return (q, groups) if self.symmetric else (q, groups, groups)
 
 
 # --- normalization and position ------------------------------------------------------------------

@@ -6,7 +6,7 @@ import dataclasses
 import importlib
 import pkgutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,13 +18,20 @@ from ..ir.graph import Graph
 
 @dataclass(frozen=True)
 class PassContext:
-    """What a pass may read besides the graph: checkpoint weights by name, for data-dependent
-    passes (GPTQ, weight statistics). Structural passes never touch it."""
+    """What a pass may read besides the graph: checkpoint weights by name and the tokenizer, for
+    data-dependent passes (GPTQ, weight statistics). Structural passes never touch it."""
 
     load_weight: Callable[[str], np.ndarray] | None = None
+    # The model's tokenizer (text -> token ids), for passes that calibrate on text.
+    tokenize: Callable[[str], list[int]] | None = None
+    # Weights that passes computed from data (GPTQ's codes and scales), by name: the bundle
+    # writer and the interpreter read them as they read checkpoint weights.
+    derived: dict[str, np.ndarray] = field(default_factory=dict)
 
     def weight(self, name: str, *, by: str) -> np.ndarray:
         """The weight `name`'s data; `by` is the asking pass, named in the error if none were given."""
+        if name in self.derived:
+            return self.derived[name]
         if self.load_weight is None:
             raise PassError(
                 f"pass {by} needs the weight {name!r} but the pass context has none; "

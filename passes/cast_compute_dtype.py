@@ -5,7 +5,8 @@
 - existing float casts are retargeted to `dtype`, and dropped where that makes them no-ops;
 - float inputs are cast on entry, a KV cache input is retyped to `dtype`;
 - float outputs are cast back to their original dtype (logits stay f32);
-- integer and packed (u4) tensors are left alone.
+- integer and packed (u4) tensors are left alone, and so are int4 scales and zero points: the
+  kernels widen them once per group, and storing them wider would add bytes to every weight read.
 Every other op takes its dtype from its inputs, so re-inference does the rest.
 """
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..ir.graph import Graph, GraphBuilder, Node, Value, rebuild
-from ..ir.ops import Cast, Input, Weight
+from ..ir.ops import Cast, Concat, Input, Int4Linear, Weight
 from ..ir.types import FLOAT_DTYPES, DType, KVCacheType, TensorType
 from .base import Pass, PassContext
 from .patterns import emit1
@@ -36,10 +37,15 @@ class CastComputeDType(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
         dtype = self.dtype
+        int4_params = _int4_parameters(graph)
 
         def rule(node: Node, ins: tuple[Value, ...], b: GraphBuilder) -> tuple[Value, ...] | None:
             op = node.op
-            if isinstance(op, Weight) and _needs_cast(op.type, dtype):
+            if (
+                isinstance(op, Weight)
+                and _needs_cast(op.type, dtype)
+                and node.out not in int4_params
+            ):
                 return (emit1(b, Cast(dtype), emit1(b, op)),)
             if (
                 isinstance(op, Input)
@@ -58,6 +64,25 @@ class CastComputeDType(Pass):
 
         out = rebuild(graph, rule)
         return _restore_output_dtypes(out, graph)
+
+
+def _int4_parameters(graph: Graph) -> set[Value]:
+    """The weights read as an int4 linear's scales or zero points, directly or through the
+    concatenations that fuse-qkv and fuse-gate-up put in front of them."""
+    found: set[Value] = set()
+    stack = [
+        v
+        for node in graph.nodes
+        if isinstance(node.op, Int4Linear)
+        for v in node.inputs[2 : 3 + node.op.has_zeros]
+    ]
+    while stack:
+        v = stack.pop()
+        if isinstance(v.node.op, Weight):
+            found.add(v)
+        elif isinstance(v.node.op, Concat):
+            stack.extend(v.node.inputs)
+    return found
 
 
 def _needs_cast(t: object, dtype: DType) -> bool:

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..ir.graph import Graph, GraphBuilder, Node, Value
-from ..ir.ops import GELU, Concat, Linear, MoEExperts, Mul, SiLU
+from ..ir.ops import GELU, LINEAR, Concat, MoEExperts, Mul, SiLU
 from .base import Pass, PassContext
+from .fuse_qkv import fusion_key
 from .patterns import Early, emit1, emitn, fuse_linears, rewrite, weight_only_nodes
 
 GLU_ACTIVATIONS = (SiLU, GELU)
@@ -30,20 +31,20 @@ def _glu_linears(mul: Node) -> tuple[Node, Node] | None:
     for act, up in ((a, b), (b, a)):
         if isinstance(act.op, GLU_ACTIVATIONS):
             gate = act.inputs[0].node
-            if isinstance(gate.op, Linear) and isinstance(up.op, Linear) and gate is not up:
+            if isinstance(gate.op, LINEAR) and isinstance(up.op, LINEAR) and gate is not up:
                 return gate, up
     return None
 
 
 def _fusible(gate: Node, up: Node, weight_only: set[Node]) -> bool:
-    """One run-time input, the same bias-ness and weight dtype, weights known at compile time."""
+    """One run-time input, the same fusion key (op, weight dtypes, int4 perm), weights known at
+    compile time."""
     x = gate.inputs[0]
     return (
-        gate.op == up.op
-        and up.inputs[0] == x
+        up.inputs[0] == x
         and x.node not in weight_only
         and all(v.node in weight_only for v in (*gate.inputs[1:], *up.inputs[1:]))
-        and gate.inputs[1].tensor.dtype == up.inputs[1].tensor.dtype
+        and fusion_key(gate) == fusion_key(up)
     )
 
 

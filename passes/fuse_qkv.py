@@ -16,9 +16,16 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..ir.graph import Graph, GraphBuilder, Node, Value
-from ..ir.ops import Linear
+from ..ir.ops import LINEAR
 from .base import Pass, PassContext
-from .patterns import Early, fuse_linears, rewrite, weight_only_nodes, weight_sources
+from .patterns import (
+    Early,
+    fuse_linears,
+    rewrite,
+    shared_input_slots,
+    weight_only_nodes,
+    weight_sources,
+)
 
 # The output projection is never fused: it reads the final norm alone, and concatenating the
 # vocabulary-sized matrix with anything would only copy it. It is the linear that produces the
@@ -33,20 +40,26 @@ def is_lm_head(node: Node, graph: Graph) -> bool:
     return any(w.name in LM_HEAD_WEIGHTS for w in weight_sources(node.inputs[1]))
 
 
+def fusion_key(node: Node) -> tuple[object, ...]:
+    """What linears reading one input must share to fuse: the op (bias-ness; for int4 the group
+    size, zeros and perm-ness), every weight's dtype, and the very same perm value (int4)."""
+    shared = tuple(node.inputs[i] for i in shared_input_slots(node.op))
+    return (node.op, tuple(v.tensor.dtype for v in node.inputs[1:]), shared)
+
+
 def linear_groups(graph: Graph) -> list[list[Node]]:
-    """Groups of >= 2 fusible linears with the same input, bias-ness and weight dtype, in graph order."""
+    """Groups of >= 2 fusible linears with the same input and fusion key, in graph order."""
     weight_only = weight_only_nodes(graph)
-    groups: dict[tuple[Value, bool, object], list[Node]] = {}
+    groups: dict[tuple[object, ...], list[Node]] = {}
     for node in graph.nodes:
         op = node.op
-        if not isinstance(op, Linear) or node.inputs[0].node in weight_only:
+        if not isinstance(op, LINEAR) or node.inputs[0].node in weight_only:
             continue
         if any(v.node not in weight_only for v in node.inputs[1:]):
             continue  # a weight computed at run time cannot be concatenated ahead of time
         if is_lm_head(node, graph):
             continue
-        key = (node.inputs[0], op.has_bias, node.inputs[1].tensor.dtype)
-        groups.setdefault(key, []).append(node)
+        groups.setdefault((node.inputs[0], *fusion_key(node)), []).append(node)
     return [g for g in groups.values() if len(g) >= 2]
 
 

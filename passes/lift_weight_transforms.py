@@ -5,6 +5,7 @@ Derived names read like checkpoint names:
   concat(layers.0.attn.{q,k,v}.weight)      -> layers.0.attn.qkv.weight
   concat(layers.0.mlp.{gate,up}.weight)     -> layers.0.mlp.gate_up.weight
   cast(layers.0.attn.q.weight) to f16       -> layers.0.attn.q.weight.f16  (dtype suffix)
+  quantize_int4(layers.0.mlp.down.weight)   -> layers.0.mlp.down.weight.{q4,scales,zeros}
   any other op                              -> <name of its first input>.<op>[.<output index>]
 The same computation gets the same name in every graph of a module (computed once); a name
 already taken by a different weight gets a ".2", ".3", ... suffix.
@@ -13,9 +14,12 @@ already taken by a different weight gets a ".2", ".3", ... suffix.
 from __future__ import annotations
 
 from ..ir.graph import Graph, GraphBuilder, Module, Node, Value, live_nodes, rebuild
-from ..ir.ops import Cast, Concat, Weight
+from ..ir.ops import Cast, Concat, QuantizeInt4, Weight
 from ..ir.printer import print_graph
 from .patterns import emitn, weight_only_nodes
+
+# Names of quantize_int4's outputs, the int4 linear's inputs (GPTQ's weights are named alike).
+INT4_PARTS = ("q4", "scales", "zeros")
 
 
 def lift_weight_transforms(module: Module) -> tuple[Module, dict[str, Graph]]:
@@ -102,6 +106,8 @@ def derive_name(value: Value) -> str:
         joined = _join_names([derive_name(v) for v in ins])
         if joined is not None:
             return joined
+    if isinstance(op, QuantizeInt4):
+        return f"{derive_name(ins[0])}.{INT4_PARTS[value.index]}"
     index = f".{value.index}" if len(value.node.types) > 1 else ""
     return f"{derive_name(ins[0])}.{op.opname}{index}"
 

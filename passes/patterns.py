@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ..ir.graph import Graph, GraphBuilder, Node, Value, rebuild
-from ..ir.ops import Concat, Linear, Op, Split, Weight
+from ..ir.ops import Concat, Int4Linear, Op, Split, Weight
 
 # Gives the new value of an old one: defined before the node being rewritten, or weight-only
 # (then copied into the new graph ahead of its turn).
@@ -86,16 +86,28 @@ def emitn(b: GraphBuilder, op: Op, *inputs: Value) -> tuple[Value, ...]:
     return out if isinstance(out, tuple) else (out,)
 
 
+def shared_input_slots(op: Op) -> tuple[int, ...]:
+    """Input slots of a linear that fused linears share rather than concatenate: an int4 linear's
+    perm (it indexes x, whose columns all of them read)."""
+    if isinstance(op, Int4Linear) and op.has_perm:
+        return (3 + op.has_zeros,)
+    return ()
+
+
 def fuse_linears(
     b: GraphBuilder, x: Value, linears: Sequence[Node], early: Early
 ) -> tuple[Value, ...]:
     """One linear on the row-concatenated weights (and biases) of `linears`, all reading `x`,
-    split back into their outputs: y_i = split(x @ concat(w_0..w_n).T)[i]."""
-    has_bias = linears[0].op.has_bias  # type: ignore[attr-defined]
-    weight = emit1(b, Concat(axis=0), *(early(n.inputs[1]) for n in linears))
-    args = [x, weight]
-    if has_bias:
-        args.append(emit1(b, Concat(axis=0), *(early(n.inputs[2]) for n in linears)))
-    y = emit1(b, Linear(has_bias=has_bias), *args)
+    split back into their outputs: y_i = split(x @ concat(w_0..w_n).T)[i]. The linears have one
+    op (for int4: q, scales, zeros and bias concatenate along N; the perm, equal, is shared)."""
+    op = linears[0].op
+    shared = shared_input_slots(op)
+    args = [x]
+    for slot in range(1, len(linears[0].inputs)):
+        if slot in shared:
+            args.append(early(linears[0].inputs[slot]))
+        else:
+            args.append(emit1(b, Concat(axis=0), *(early(n.inputs[slot]) for n in linears)))
+    y = emit1(b, op, *args)
     sizes = tuple(n.out.tensor.shape[-1] for n in linears)
     return emitn(b, Split(axis=-1, sizes=sizes), y)  # type: ignore[arg-type]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..ir.graph import Graph, GraphBuilder, Node, Value, rebuild
-from ..ir.ops import Cast, Embedding, Input, Linear
+from ..ir.ops import LINEAR, Cast, Embedding, Input
 from ..ir.types import DType, TensorType
 from .base import Pass, PassContext
 
@@ -29,11 +29,12 @@ ROWS_DIM = "rows"
 
 
 def logits_projection(graph: Graph) -> Node | None:
-    """The linear that produces the `logits` output (through casts), if its input is [tokens, C]."""
+    """The linear (float or int4) that produces the `logits` output (through casts), if its input
+    is [tokens, C]."""
     value = graph.outputs.get(LOGITS_OUTPUT)
     while value is not None and isinstance(value.node.op, Cast):
         value = value.node.inputs[0]
-    if value is None or not isinstance(value.node.op, Linear):
+    if value is None or not isinstance(value.node.op, LINEAR):  # float or int4 head
         return None
     x = value.node.inputs[0].type
     return value.node if isinstance(x, TensorType) and x.rank == 2 else None

@@ -9,6 +9,7 @@ and free of TVM.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ class LaunchOptions:
     max_batch_size: int = 4  # sequences generated at once
     max_total_tokens: int = 4096  # the KV cache, in tokens over all sequences
     prefill_chunk_size: int = 512  # tokens per prefill call
+    threads: int | None = None  # compiled kernels' worker threads (default: every usable core)
 
 
 @dataclass
@@ -62,6 +64,9 @@ def launch(ref: str, options: LaunchOptions | None = None) -> Launched:
         name, executor, info = _interpreted(ref, options)
         kind = "interpreter"
     else:
+        if options.threads is not None:
+            # TVM's pool reads this once, at the first parallel kernel: before anything runs.
+            os.environ["TVM_NUM_THREADS"] = str(options.threads)
         name, executor, info = _compiled(ref, options)
         kind = "compiled"
     if info is None:

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tvm
-from tvm import relax as rx
 
+from ..codegen.tvm_import import tvm
 from ..errors import BundleError, RequestError
 from ..ir.types import DType, storage_shape
 
@@ -39,7 +38,7 @@ class Library:
         self.metadata = dict(metadata)
         self.device = tvm.device(device)
         use_all_cores()
-        self.vm = rx.VirtualMachine(tvm.runtime.load_module(str(path)), self.device)
+        self.vm = tvm.relax.VirtualMachine(tvm.runtime.load_module(str(path)), self.device)
         self.params = [self._upload(spec, weights) for spec in self.metadata["weights"]]
 
     def _upload(self, spec: dict, weights: Mapping[str, np.ndarray]) -> tvm.runtime.Tensor:

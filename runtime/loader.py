@@ -15,8 +15,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import tvm
-
 from .. import __version__
 from ..codegen.bundle import (
     MANIFEST,
@@ -28,6 +26,7 @@ from ..codegen.bundle import (
 )
 from ..codegen.records import config_from_record, tokenizer_from_record
 from ..codegen.targets import cpu_flags
+from ..codegen.tvm_import import tvm
 from ..errors import BundleError
 from ..frontend.config import DecoderConfig
 from ..frontend.model import TokenizerInfo

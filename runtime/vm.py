@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tvm
 
+from ..codegen.tvm_import import tvm
 from ..errors import BundleError, RequestError
 from ..passes.select_logit_rows import LOGIT_ROWS_INPUT as LOGIT_ROWS
 from .library import Library

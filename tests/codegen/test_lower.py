@@ -18,8 +18,9 @@ def test_every_op_is_lowered_or_listed_as_not_yet():
     non_sources = {cls for cls in OPS.values() if cls not in ops.SOURCES}
     assert not set(LOWERINGS) & set(NOT_YET_LOWERED)
     assert non_sources == set(LOWERINGS) | set(NOT_YET_LOWERED)
-    # Every op is lowered; a new op without a lowering must say why here.
-    assert not NOT_YET_LOWERED
+    # Every op is lowered; a new op without a lowering must say why here. quantize_int4 reads
+    # only weights: lift-weight-transforms computes it at compile time, no library runs it.
+    assert set(NOT_YET_LOWERED) == {ops.QuantizeInt4}
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,15 @@ def _ops_graph() -> Module:
         b.weight("bias24", F32, (24,)),
     )
     outs["int4"] = e(ops.Int4Linear(group_size=32), x, q4, b.weight("scales32", F32, (24, 1)))
+    # Act-order: x's columns gathered by a permutation; f16 scales as GPTQ stores them.
+    outs["int4_perm"] = e(
+        ops.Int4Linear(group_size=16, has_zeros=True, has_perm=True),
+        x,
+        q4,
+        b.weight("scales16h", F16, (24, 2)),
+        b.weight("zeros16", F32, (24, 2)),
+        b.weight("perm32", DType.i32, (32,)),
+    )
     heads = e(ops.Reshape((-1, 4, 8)), x)  # [T, 4, 8]
     outs["transpose"] = e(ops.Transpose((1, 0, 2)), heads)
     outs["concat"] = e(ops.Concat(axis=-1), x, emb)
@@ -81,6 +90,8 @@ def _weights(module: Module) -> dict[str, np.ndarray]:
     for name, t in module.weight_types().items():
         if t.dtype is DType.u4:
             out[name] = rng.integers(0, 256, (t.shape[0], t.shape[1] // 2), dtype=np.uint8)
+        elif t.dtype is DType.i32:  # a permutation
+            out[name] = rng.permutation(t.shape[0]).astype(np.int32)
         elif name.startswith("scales"):
             out[name] = (0.05 * rng.random(t.shape) + 0.01).astype(t.dtype.numpy)
         else:
@@ -114,6 +125,7 @@ def results(tmp_path_factory):
         "swiglu",
         "int4_zeros_bias",
         "int4",
+        "int4_perm",
         "transpose",
         "concat",
         "rotary",

@@ -76,6 +76,26 @@ def test_int4_linear(has_zeros: bool, has_bias: bool) -> None:
             assert out[t, r] == pytest.approx(total, abs=1e-4)
 
 
+@pytest.mark.parametrize("has_zeros", [False, True])
+def test_int4_linear_with_perm_matches_numpy_dequantize_and_matmul(has_zeros: bool) -> None:
+    """Act-order: column k of q multiplies x[..., perm[k]]; scales may be f16."""
+    n, k, g = 5, 16, 8
+    q = RNG.integers(0, 16, (n, k))
+    scales = rand(n, k // g).astype(np.float16)
+    zeros = RNG.integers(0, 16, (n, k // g)).astype(np.float32)
+    perm = RNG.permutation(k).astype(np.int32)
+    x, bias = rand(3, k), rand(n)
+    extra = [zeros] if has_zeros else []
+    op = ops.Int4Linear(group_size=g, has_zeros=has_zeros, has_perm=True, has_bias=True)
+    out = run(op, x, pack_int4(q), scales, *extra, perm, bias)
+    zero = np.repeat(zeros, g, axis=1) if has_zeros else 8.0
+    w = np.repeat(scales.astype(np.float64), g, axis=1) * (q - zero)  # [N, K]
+    want = x.astype(np.float64)[:, perm] @ w.T + bias
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    # The gather matters: without it the result differs.
+    assert not np.allclose(out, x.astype(np.float64) @ w.T + bias, atol=1e-3)
+
+
 def test_int4_packing_is_low_nibble_first_and_round_trips() -> None:
     assert pack_int4(np.array([[1, 2, 15, 0]])).tolist() == [[0x21, 0x0F]]
     assert unpack_int4(np.array([0x21, 0xF0], np.uint8)).tolist() == [1, 2, 0, 15]

@@ -39,14 +39,19 @@ def every_op_graph() -> Graph:
         O.Linear(has_bias=True), h, b.weight("q.weight", F32, (8, 8)), b.weight("q.bias", F32, (8,))
     )
     kv = b.emit(
-        O.Int4Linear(group_size=4, has_zeros=True, has_bias=True),
+        O.Int4Linear(group_size=4, has_zeros=True, has_perm=True, has_bias=True),
         h,
         b.weight("kv.qweight", DType.u4, (8, 8)),
-        b.weight("kv.scales", F32, (8, 2)),
+        b.weight("kv.scales", DType.f16, (8, 2)),
         b.weight("kv.zeros", F32, (8, 2)),
+        b.weight("kv.perm", I32, (8,)),
         b.weight("kv.bias", F32, (8,)),
     )
     k, v = b.emit(O.Split(axis=-1, sizes=(4, 4)), kv)
+    # Weight-only quantization feeding an int4 linear (asymmetric: three outputs).
+    wq = b.emit(O.QuantizeInt4(group_size=4, symmetric=False), b.weight("w.weight", F32, (8, 8)))
+    k8 = b.emit(O.Int4Linear(group_size=4, has_zeros=True), h, *wq)
+    k = b.emit(O.Add(), k, b.emit(O.Split(axis=-1, sizes=(4, 4)), k8)[0])
     q = b.emit(O.Reshape(shape=(-1, 2, 4)), q)
     k, v = (b.emit(O.Reshape(shape=("seq", 1, 4)), t) for t in (k, v))
     yarn = RopeScaling("yarn", factor=4.0, original_max_position_embeddings=64)
@@ -237,6 +242,21 @@ INFER_ERRORS = [
         O.Int4Linear(group_size=4),
         [T(F32, (2, 8)), T(DType.u4, (4, 8)), T(F32, (4, 3))],
         "scales f32[4,3] must be [4,2]",
+    ),
+    (
+        O.Int4Linear(group_size=4, has_perm=True),
+        [T(F32, (2, 8)), T(DType.u4, (4, 8)), T(F32, (4, 2)), T(I32, (4,))],
+        "perm i32[4] must be i32[8]",
+    ),
+    (
+        O.Int4Linear(group_size=4, has_perm=True),
+        [T(F32, (2, 8)), T(DType.u4, (4, 8)), T(F32, (4, 2)), T(F32, (8,))],
+        "perm f32[8] must be i32[8]",
+    ),
+    (
+        O.Int4Linear(group_size=4, has_zeros=True, has_perm=True, has_bias=True),
+        [T(F32, (2, 8)), T(DType.u4, (4, 8)), T(F32, (4, 2)), T(I32, (8,))],
+        "int4_linear takes 6 inputs, got 4",
     ),
     (O.RMSNorm(), [T(F32, (2, 8)), T(F32, (4,))], "norm weight f32[4] must be [8] for x f32[2,8]"),
     (

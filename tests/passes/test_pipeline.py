@@ -161,7 +161,12 @@ def test_registry_lists_every_pass_where_file_name_and_class_agree():
         assert cls.__name__.lower() == name.replace("-", "")
 
 
-@pytest.mark.parametrize("name", sorted(PASSES))
+# The int4 passes need input dims that are multiples of 32 (GPTQ also weights and a tokenizer),
+# which this decoder has not; test_quantize_int4_{rtn,gptq}.py check their idempotence.
+INT4_PASSES = {"quantize-int4-rtn", "quantize-int4-gptq"}
+
+
+@pytest.mark.parametrize("name", sorted(set(PASSES) - INT4_PASSES))
 def test_every_pass_leaves_the_optimized_graph_alone(name):
     """A pipeline pass run again on the pipeline's output changes nothing (idempotence end to end);
     a pass codegen applies afterwards (select-logit-rows) is idempotent on its own output."""

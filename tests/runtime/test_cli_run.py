@@ -7,6 +7,7 @@ import json
 import os
 import signal
 
+import pytest
 from click.testing import CliRunner
 
 from ferrumc.cli import main
@@ -109,3 +110,25 @@ def test_ctrl_c_stops_the_answer_not_the_chat():
     assert "[stopped]" in first and "[stopped]" not in second
     assert "token limit" in second  # the second answer ran its full 20 tokens
     assert ex.free_pages() == ex.num_pages
+
+
+def test_threads_reach_tvm_before_the_bundle_opens(monkeypatch):
+    from ferrumc.runtime import launch as launch_module
+
+    seen = {}
+
+    def fake_compiled(ref, options):
+        seen["threads"] = os.environ.get("TVM_NUM_THREADS")
+        raise RuntimeError("stop here")
+
+    monkeypatch.setenv("TVM_NUM_THREADS", "2")
+    monkeypatch.setattr(launch_module, "compiled_available", lambda: True)
+    monkeypatch.setattr(launch_module, "_compiled", fake_compiled)
+    with pytest.raises(RuntimeError, match="stop here"):
+        launch_module.launch("any", launch_module.LaunchOptions(threads=1))
+    assert seen["threads"] == "1"
+
+
+def test_threads_must_be_positive(tiny_checkpoint):
+    result = CliRunner().invoke(main, ["bench", str(tiny_checkpoint("llama")), "--threads", "0"])
+    assert result.exit_code == 2 and "--threads" in result.output

@@ -1,0 +1,130 @@
+"""Perplexity of a model on the shipped held-out text (passes/data/heldout.txt), as a markdown row.
+
+    python tools/perplexity.py smollm2                                    # f32, numpy interpreter
+    python tools/perplexity.py smollm2 -q int4 --group-size 64 --quantizer gptq
+    python tools/perplexity.py BUNDLE                                     # a compiled bundle
+
+The text is tokenized with the model's tokenizer (no special tokens) and cut into non-overlapping
+windows of --window tokens; each window is scored on its own from an empty context, every token
+after the first predicted from those before it: perplexity = exp(mean negative log-likelihood).
+A checkpoint runs in the numpy interpreter on the same optimized graph a bundle is compiled from
+(fusions, compute dtype, int4 quantization, weights computed as at compile time); a bundle runs
+its compiled prefill with logits for every position.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ferrumc.cli import int4_choice, quantize_options
+from ferrumc.passes.calibration import HELDOUT, read_text, token_windows
+
+# Logits [T, V] for one window of token ids.
+Scorer = Callable[[np.ndarray], np.ndarray]
+
+
+def interpreter_scorer(ref: str, dtype: str, quantize) -> tuple[Scorer, Callable[[str], list[int]]]:
+    """The forward graph after the compile pipeline's shared passes, run by the numpy interpreter."""
+    from ferrumc.frontend.resolve import load_model
+    from ferrumc.ir import Module
+    from ferrumc.ir.interpreter import run_graph
+    from ferrumc.ir.types import DType
+    from ferrumc.passes.calibration import pass_context
+    from ferrumc.passes.eliminate_dead_code import EliminateDeadCode
+    from ferrumc.passes.lift_weight_transforms import lift_weight_transforms
+    from ferrumc.passes.manager import run_passes
+    from ferrumc.passes.pipeline import CompileOptions, common_passes
+
+    loaded = load_model(ref)
+    ctx = pass_context(loaded)
+    options = CompileOptions(dtype=DType(dtype), quantize=quantize)
+    graph = run_passes(loaded.graph(), [*common_passes(options), EliminateDeadCode()], ctx=ctx)
+    module, transforms = lift_weight_transforms(Module({"forward": graph}))
+    forward = module.graphs["forward"]
+    cache: dict[str, np.ndarray] = {}
+
+    def stored(name: str) -> np.ndarray:  # a checkpoint weight, or one a pass computed (GPTQ)
+        return ctx.weight(name, by="perplexity")
+
+    def weight(name: str) -> np.ndarray:  # derived weights computed once, as a bundle stores them
+        if name not in cache:
+            in_transforms = name in transforms
+            cache[name] = (
+                run_graph(transforms[name], {}, stored)[name] if in_transforms else stored(name)
+            )
+        return cache[name]
+
+    def score(ids: np.ndarray) -> np.ndarray:
+        positions = np.arange(len(ids), dtype=np.int32)
+        return run_graph(forward, {"tokens": ids, "positions": positions}, weight)["logits"]
+
+    assert ctx.tokenize is not None, f"{ref} has no tokenizer"
+    return score, ctx.tokenize
+
+
+def bundle_scorer(path: Path, window: int) -> tuple[Scorer, Callable[[str], list[int]]]:
+    """The bundle's compiled prefill, logits of every position (runtime/vm.py)."""
+    from ferrumc.passes.calibration import tokenizer_from_json
+    from ferrumc.runtime.loader import open_bundle
+    from ferrumc.runtime.vm import CacheConfig
+
+    bundle = open_bundle(path, cache=CacheConfig(1, window, window))
+    executor = bundle.executor
+    assert bundle.tokenizer_info is not None, f"{path} has no tokenizer"
+
+    def score(ids: np.ndarray) -> np.ndarray:
+        executor.add_sequence(0)
+        try:
+            return executor.prefill([0], [ids.tolist()], last_only=False)
+        finally:
+            executor.remove_sequence(0)
+
+    return score, tokenizer_from_json(bundle.tokenizer_info.tokenizer_json)
+
+
+def negative_log_likelihood(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """-log p(ids[t + 1] | ids[..t]) for each t, from logits [T, V] (float64 log-softmax)."""
+    z = logits[:-1].astype(np.float64)
+    z -= z.max(axis=-1, keepdims=True)
+    log_norm = np.log(np.exp(z).sum(axis=-1))
+    return log_norm - z[np.arange(len(ids) - 1), ids[1:]]
+
+
+@click.command()
+@click.argument("model")
+@click.option("--dtype", type=click.Choice(("f32", "f16", "bf16")), default="f32")
+@click.option("--window", type=int, default=256, show_default=True, help="Tokens per window.")
+@click.option("--windows", type=int, help="Score only the first N windows (default: all).")
+@quantize_options
+def main(model: str, dtype: str, window: int, windows: int | None, **int4: object) -> None:
+    quantize = int4_choice(**int4)  # type: ignore[arg-type]
+    start = time.perf_counter()
+    if (Path(model) / "manifest.json").is_file():
+        if quantize is not None:
+            raise click.UsageError("a bundle is already compiled: drop -q and its options")
+        score, tokenize = bundle_scorer(Path(model), window)
+        how = "bundle"
+    else:
+        score, tokenize = interpreter_scorer(model, dtype, quantize)
+        how = "interpreter"
+    chunks = token_windows(tokenize(read_text(HELDOUT)), window, windows)
+    nll = np.concatenate([negative_log_likelihood(score(ids), ids) for ids in chunks])
+    seconds = time.perf_counter() - start
+    label = "none" if quantize is None else str(quantize)
+    click.echo("| model | dtype | quantization | windows | tokens scored | perplexity | run |")
+    click.echo("|---|---|---|---|---|---|---|")
+    click.echo(
+        f"| {model} | {dtype} | {label} | {len(chunks)} x {window} | {nll.size} | "
+        f"{math.exp(nll.mean()):.3f} | {how}, {seconds:.0f} s |"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
