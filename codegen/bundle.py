@@ -111,7 +111,24 @@ def recompile_hint(bundle: Path, manifest: Manifest | None = None) -> str:
     source = manifest.model.get("source", "MODEL")
     dtype = manifest.options.get("dtype", "f32")
     target = manifest.target.get("name", "llvm")
-    return f"recompile it: `ferrumc compile {source} -t {target} --dtype {dtype} -o {bundle}`"
+    flags = quantize_flags(manifest.options.get("quantize"))
+    return (
+        f"recompile it: `ferrumc compile {source} -t {target} --dtype {dtype}{flags} -o {bundle}`"
+    )
+
+
+def quantize_flags(record: dict[str, Any] | None) -> str:
+    """The `ferrumc compile` flags that reproduce a manifest's quantization record."""
+    if not record:
+        return ""
+    flags = (
+        f" -q {record['method']} --group-size {record['group_size']} --scheme {record['scheme']}"
+    )
+    if record["quantizer"] == "gptq":
+        flags += " --quantizer gptq" + (" --act-order" if record.get("act_order") else "")
+        if record.get("calibration", "shipped") != "shipped":
+            flags += f" --calibration {record['calibration']}"
+    return flags
 
 
 def digest(body: dict[str, Any]) -> str:

@@ -112,3 +112,35 @@ def test_int4_bundle_matches_the_interpreter_and_inspect_shows_it(tiny_checkpoin
     weights = lambda n: derived[n] if n in derived else loaded.weights.load(n)  # noqa: E731
     want = run_graph(module.graphs["forward"], inputs, weights)["logits"]
     assert np.abs(got - want).max() < 1e-3
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["-q", "int4"],
+        ["-q", "int4", "--group-size", "128", "--scheme", "asymmetric"],
+        ["-q", "int4", "--quantizer", "gptq", "--act-order", "--calibration", "{file}"],
+    ],
+)
+def test_a_bad_bundles_recompile_hint_repeats_the_quantization(tmp_path, args):
+    """The hint's flags, parsed back by the CLI, give the quantization the manifest records."""
+    import shlex
+
+    from ferrumc.cli import int4_choice
+    from ferrumc.codegen.bundle import quantize_flags
+
+    text = tmp_path / "text.txt"
+    text.write_text("Some calibration text.")
+    args = [a.replace("{file}", str(text)) for a in args]
+
+    def choose(argv: list[str]):
+        """What `ferrumc compile MODEL ARGV` would quantize with, parsed by the CLI itself."""
+        params = main.commands["compile"].make_context("compile", ["MODEL", *argv]).params
+        keys = ("quantize", "group_size", "scheme", "quantizer", "act_order", "calibration")
+        return int4_choice(**{k: params[k] for k in keys})
+
+    chosen = choose(args)
+    record = None if chosen is None else chosen.record()
+    again = choose(shlex.split(quantize_flags(record)))
+    assert (None if again is None else again.record()) == record
