@@ -32,7 +32,7 @@ from ..ir.int4 import Int4Format, pack_int4
 from ..ir.types import DType, format_shape
 from .awq import unpack_awq
 from .config import DecoderConfig
-from .hf_weights import _match, map_weights
+from .hf_weights import map_weights, match_weight
 from .model import QuantizedLinear, WeightSource
 from .models import build_graph
 from .models.spec import Architecture
@@ -114,7 +114,7 @@ class _Linear:
 
 def _linear_name(arch: Architecture, prefix: str, ckpt: SafetensorsCheckpoint) -> str:
     info = ckpt.tensors[f"{prefix}.qweight"]
-    found = _match(arch, f"{prefix}.weight")
+    found = match_weight(arch, f"{prefix}.weight")
     groups = found[0].groupdict() if found else {}
     target = found[1] if found else None
     if not isinstance(target, str) or "e" in groups or not target.endswith(".weight"):

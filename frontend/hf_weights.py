@@ -39,7 +39,11 @@ class _Parts:
         return [i.name for i in infos if i is not None]
 
 
-def _match(arch: Architecture, name: str) -> tuple[re.Match[str], str | tuple[str, ...]] | None:
+def match_weight(
+    arch: Architecture, name: str
+) -> tuple[re.Match[str], str | tuple[str, ...]] | None:
+    """The architecture's first name pattern matching the checkpoint tensor `name`, with its
+    ferrumc target; None for a tensor the architecture does not know."""
     for pattern, target in arch.weight_names.items():
         m = _regex(pattern).match(name)
         if m:
@@ -55,7 +59,7 @@ def stored_dtype(ckpt: SafetensorsCheckpoint, arch: Architecture) -> DType | Non
     """The float dtype holding most of the mapped tensors' elements (None if there are none)."""
     sizes: Counter[DType] = Counter()
     for name, info in ckpt.tensors.items():
-        if _match(arch, name) and info.dtype in ("F32", "F16", "BF16"):
+        if match_weight(arch, name) and info.dtype in ("F32", "F16", "BF16"):
             sizes[info.ferrum_dtype()] += int(np.prod(info.shape))
     return sizes.most_common(1)[0][0] if sizes else None
 
@@ -121,7 +125,7 @@ def map_weights(
     parts: dict[str, _Parts] = {t: _Parts() for t in expected}
     unused: list[str] = []
     for name, info in ckpt.tensors.items():
-        found = _match(arch, name)
+        found = match_weight(arch, name)
         if found is None:
             if _is_unused(arch, name):
                 unused.append(name)
