@@ -19,7 +19,6 @@ scale * (q - zero) in f32, not that product rounded to f16: what ferrumc compute
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.metadata
 import sys
 from pathlib import Path
@@ -28,6 +27,8 @@ import numpy as np
 import torch
 import transformers
 from transformers import AutoTokenizer, GPTQConfig
+
+from ferrumc.frontend.pull import sha256_of
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
@@ -53,14 +54,6 @@ def load_gptq(folder: Path):
     return model
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def golden(spec: GptqCheckpoint, folder: Path) -> dict[str, np.ndarray]:
     model = load_gptq(folder)
     if spec.is_fixture:
@@ -79,7 +72,7 @@ def golden(spec: GptqCheckpoint, folder: Path) -> dict[str, np.ndarray]:
     arrays = record(model, prompts, last_positions=None)
     for i, text in enumerate(texts or []):
         arrays[f"prompt_text_{i}"] = np.array(text)
-    arrays["checkpoint_sha256"] = np.array(sha256_file(folder / "model.safetensors"))
+    arrays["checkpoint_sha256"] = np.array(sha256_of(folder / "model.safetensors"))
     arrays["gptqmodel_version"] = np.array(importlib.metadata.version("gptqmodel"))
     return arrays
 
