@@ -137,7 +137,8 @@ def inspect_bundle(bundle: Path) -> None:
 
 
 def quantize_options(fn: F) -> F:
-    """-q int4 and how: --group-size, --scheme, --quantizer and GPTQ's --act-order, --calibration."""
+    """-q int4 and how: --group-size, --scheme, --quantizer, GPTQ's --act-order and --calibration;
+    --int4-activations, which int4 checkpoints heed without -q."""
     options = [
         click.option(
             "-q",
@@ -167,6 +168,15 @@ def quantize_options(fn: F) -> F:
             "--calibration",
             type=click.Path(exists=True, dir_okay=False, path_type=Path),
             help="gptq: a text file to calibrate on (default: the shipped text).",
+        ),
+        # passes.pipeline.INT4_ACTIVATIONS, spelled out: importing it would slow every command.
+        click.option(
+            "--int4-activations",
+            type=click.Choice(("int8", "float")),
+            default="int8",
+            show_default=True,
+            help="Int4 decode on CPU: x rounded to int8 per 32 inputs (fast, as llama.cpp's "
+            "Q4_0), or kept float (exact). Applies to int4 checkpoints too.",
         ),
     ]
     for option in reversed(options):
@@ -224,6 +234,7 @@ def compile(
     emit_ir: bool,
     dump_ir: Path | None,
     output: Path | None,
+    int4_activations: str,
     **int4: object,
 ) -> None:
     """Compile MODEL into a bundle (-o, else the compile cache); --emit-ir prints the optimized graph."""
@@ -231,7 +242,8 @@ def compile(
     if not emit_ir:
         from .codegen.compile import compile_command
 
-        click.echo(str(compile_command(model, target, dtype, output, dump_ir, quantize)))
+        path = compile_command(model, target, dtype, output, dump_ir, quantize, int4_activations)
+        click.echo(str(path))
         return
     from .frontend.resolve import load_model
     from .ir.types import DType

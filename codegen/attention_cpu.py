@@ -4,14 +4,16 @@ TVM's CPU kernels (relax.frontend.nn.llm) loop serially over sequences and heads
 multiply at a time, and its ragged prefill kernel scores every key, masked or not. These keep
 their signatures and results (outputs and the base-2 log-sum-exp `lse` that TVM's merge
 kernel reads), and instead:
-- run in parallel over (sequence, KV head) for decode and over (query row, KV head) for
-  prefill, the rows of a causal prefill paired first-with-last so both threads get equal work;
+- run in parallel over (query row, KV head) for prefill, the rows of a causal prefill paired
+  first-with-last so both threads get equal work (decode: see attention_decode_cpu.py);
 - handle the query heads of a KV head's group together, so each key and value row is loaded
   once per group;
 - walk keys in blocks of 16 with an online softmax, dot products and value updates in vector
   lanes over the head dim, and stop at the causal limit.
 Rotary embedding inside the cache is not supported (ferrumc applies it in the graph; the cache
 is created with RopeMode.NONE): a call with rotary_mode != 0 fails its assertion.
+The decode kernel is in attention_decode_cpu.py, the cache's split and append copies in
+kv_pages_cpu.py; `replacement` maps TVM's kernels to all of them.
 """
 
 from __future__ import annotations
@@ -22,129 +24,15 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
+from .attention_decode_cpu import decode_kernel
+from .kv_pages_cpu import append_kernel, split_qkv_kernel
+
 F32 = "float32"
 LOG2E = math.log2(math.e)
 # Keys per online-softmax step (the cache's page size for the paged kernels).
 BLOCK = 16
 # TVM's kernels start the running max at -5e4 and the running sum at 1: kept for equal results.
 M_INIT, D_INIT = -5e4, 1.0
-
-
-def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 16) -> tirx.PrimFunc:
-    """`batch_decode_paged_kv_cpu`: one new query row per sequence against its pages."""
-    group = h_q // h_kv
-    lanes = 16 if d % 16 == 0 else 1
-
-    @T.macro
-    def online_softmax_block(pages, page, hk, q, o, s, m, den, rows):
-        # Scores of up to 16 keys for every query head of the group.
-        for g, r in T.grid(group, rows):
-            with T.sblock("score"):
-                part = T.sblock_alloc_buffer((lanes,), F32, scope="local")
-                for lane in T.vectorized(lanes):
-                    part[lane] = T.float32(0)
-                for ko in range(d // lanes):
-                    for lane in T.vectorized(lanes):
-                        part[lane] = part[lane] + q[g, ko * lanes + lane] * T.Cast(
-                            F32, pages[page, 0, hk, r, ko * lanes + lane]
-                        )
-                s[g, r] = T.float32(0)
-                for lane in range(lanes):
-                    s[g, r] = s[g, r] + part[lane]
-        for g in range(group):
-            with T.sblock("update"):
-                new_m = T.sblock_alloc_buffer((1,), F32, scope="local")
-                new_m[0] = m[g]
-                for r in range(rows):
-                    new_m[0] = T.max(new_m[0], s[g, r])
-                scale: T.let[T.float32] = T.exp2(m[g] - new_m[0])
-                den[g] = den[g] * scale
-                for dd in T.vectorized(d):
-                    o[g, dd] = o[g, dd] * scale
-                for r in range(rows):
-                    weight: T.let[T.float32] = T.exp2(s[g, r] - new_m[0])
-                    den[g] = den[g] + weight
-                    for dd in T.vectorized(d):
-                        o[g, dd] = o[g, dd] + weight * T.Cast(F32, pages[page, 1, hk, r, dd])
-                m[g] = new_m[0]
-
-    @T.prim_func(s_tir=True)
-    def batch_decode_paged_kv(
-        Q_handle: T.handle,
-        pages_handle: T.handle,
-        page_table_indptr_handle: T.handle,
-        page_table_values_handle: T.handle,
-        var_length_info: T.handle,
-        k_rope_pos_offset_handle: T.handle,
-        q_rope_position_handle: T.handle,
-        output_handle: T.handle,
-        lse_handle: T.handle,
-        rotary_mode: T.int32,
-        rope_scale: T.float32,
-        rope_theta: T.float32,
-        sm_scale: T.float32,
-    ):
-        T.func_attr({"tirx.is_scheduled": True, "global_symbol": "batch_decode_paged_kv_cpu"})
-        B = T.int32()
-        nnz_pages = T.int32()
-        max_num_pages = T.int32()
-        page_indptr_elem_offset = T.int32()
-        page_values_elem_offset = T.int32()
-        k_rope_pos_offset_elem_offset = T.int32()
-        q_rope_position_elem_offset = T.int32()
-        length_info_elem_offset = T.int32()
-        Q = T.match_buffer(Q_handle, (B, h_q, d), dtype)
-        pages = T.match_buffer(pages_handle, (max_num_pages, 2, h_kv, page_size, d), dtype)
-        page_table_indptr = T.match_buffer(
-            page_table_indptr_handle, (B + 1,), "int32", elem_offset=page_indptr_elem_offset
-        )
-        page_table_values = T.match_buffer(
-            page_table_values_handle, (nnz_pages,), "int32", elem_offset=page_values_elem_offset
-        )
-        k_rope_pos_offset = T.match_buffer(  # noqa: F841 (part of the signature)
-            k_rope_pos_offset_handle, (B,), "int32", elem_offset=k_rope_pos_offset_elem_offset
-        )
-        q_rope_position = T.match_buffer(  # noqa: F841
-            q_rope_position_handle, (B,), "int32", elem_offset=q_rope_position_elem_offset
-        )
-        output = T.match_buffer(output_handle, (B, h_q, d), dtype)
-        lse = T.match_buffer(lse_handle, (B, h_q), F32)
-        last_page_len = T.match_buffer(
-            var_length_info, (B,), "int32", elem_offset=length_info_elem_offset
-        )
-        assert rotary_mode == 0, "ferrumc's CPU attention expects rotary in the graph"
-
-        for task in T.parallel(B * h_kv):
-            with T.sblock("decode"):
-                T.reads(Q[0:B, 0:h_q, 0:d], pages[0:max_num_pages, 0:2, 0:h_kv, 0:page_size, 0:d])
-                T.writes(output[0:B, 0:h_q, 0:d], lse[0:B, 0:h_q])
-                b: T.let[T.int32] = task // h_kv
-                hk: T.let[T.int32] = task % h_kv
-                q = T.sblock_alloc_buffer((group, d), F32)
-                o = T.sblock_alloc_buffer((group, d), F32)
-                s = T.sblock_alloc_buffer((group, BLOCK), F32)
-                m = T.sblock_alloc_buffer((group,), F32)
-                den = T.sblock_alloc_buffer((group,), F32)
-                page_begin: T.let[T.int32] = page_table_indptr[b]
-                page_end: T.let[T.int32] = page_table_indptr[b + 1]
-                for g, dd in T.grid(group, d):
-                    q[g, dd] = T.Cast(F32, Q[b, hk * group + g, dd]) * (sm_scale * LOG2E)
-                    o[g, dd] = T.float32(0)
-                for g in range(group):
-                    m[g] = T.float32(M_INIT)
-                    den[g] = T.float32(D_INIT)
-                for p in range(page_end - page_begin):
-                    page: T.let[T.int32] = page_table_values[page_begin + p]
-                    rows: T.let[T.int32] = T.if_then_else(
-                        p == page_end - page_begin - 1, last_page_len[b], page_size
-                    )
-                    online_softmax_block(pages, page, hk, q, o, s, m, den, rows)
-                for g in range(group):
-                    for dd in T.vectorized(d):
-                        output[b, hk * group + g, dd] = T.Cast(dtype, o[g, dd] / den[g])
-                    lse[b, hk * group + g] = m[g] + T.log2(den[g])
-
-    return batch_decode_paged_kv
 
 
 def ragged_prefill_kernel(h_kv: int, h_q: int, d: int, dtype: str) -> tirx.PrimFunc:
@@ -292,6 +180,20 @@ def _static(dims: list[object]) -> list[int] | None:
 
 def replacement(name: str, func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     """Our kernel for TVM's kernel `name` (shapes read from its parameters), or None."""
+    if name == "fused_rope" and len(func.params) == 6:
+        (h_fused, d), dtype = _buffer_shape(func, 0)[0][1:], _buffer_shape(func, 0)[1]
+        (h_q, _), (h_kv, _) = _buffer_shape(func, 2)[0][1:], _buffer_shape(func, 3)[0][1:]
+        dims = _static([h_fused, d, h_q, h_kv])
+        if dims is None or dims[0] != dims[2] + 2 * dims[3]:
+            return None
+        return split_qkv_kernel(dims[2], dims[3], dims[1], dtype)
+    if name == "tir_kv_cache_transpose_append" and len(func.params) == 4:
+        pages, dtype = _buffer_shape(func, 0)
+        dims = _static(pages[1:])
+        if dims is None or dims[0] != 2:
+            return None
+        _, h_kv, page_size, d = dims
+        return append_kernel(h_kv, d, dtype, page_size)
     if name == "batch_decode_paged_kv_cpu" and len(func.params) == 13:
         q_shape, dtype = _buffer_shape(func, 0)
         pages = _static(_buffer_shape(func, 1)[0][2:])

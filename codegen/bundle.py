@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError
+from ..frontend.pull import sha256_of
 from ..ir.types import DType, storage_shape
 
 FORMAT_VERSION = 1
@@ -111,10 +112,18 @@ def recompile_hint(bundle: Path, manifest: Manifest | None = None) -> str:
     source = manifest.model.get("source", "MODEL")
     dtype = manifest.options.get("dtype", "f32")
     target = manifest.target.get("name", "llvm")
-    flags = quantize_flags(manifest.options.get("quantize"))
+    flags = option_flags(manifest.options)
     return (
         f"recompile it: `ferrumc compile {source} -t {target} --dtype {dtype}{flags} -o {bundle}`"
     )
+
+
+def option_flags(options: dict[str, Any]) -> str:
+    """The `ferrumc compile` flags, besides --dtype, that reproduce a manifest's options."""
+    flags = quantize_flags(options.get("quantize"))
+    if options.get("int4_activations", "int8") != "int8":
+        flags += f" --int4-activations {options['int4_activations']}"
+    return flags
 
 
 def quantize_flags(record: dict[str, Any] | None) -> str:
@@ -134,14 +143,6 @@ def quantize_flags(record: dict[str, Any] | None) -> str:
 def digest(body: dict[str, Any]) -> str:
     """The manifest's self-hash: sha256 of its canonical JSON without the "sha256" key."""
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class BundleWriter:
@@ -174,12 +175,12 @@ class BundleWriter:
         name = "model" + "".join(library.suffixes[-1:])
         if library.resolve() != (self.dir / name).resolve():
             shutil.copyfile(library, self.dir / name)
-        return {"file": name, "sha256": sha256_file(self.dir / name)}
+        return {"file": name, "sha256": sha256_of(self.dir / name)}
 
     def write_tokenizer(self, tokenizer_json: str) -> dict[str, str]:
         path = self.dir / TOKENIZER
         path.write_text(tokenizer_json, encoding="utf-8")
-        return {"file": TOKENIZER, "sha256": sha256_file(path)}
+        return {"file": TOKENIZER, "sha256": sha256_of(path)}
 
     def commit(self, manifest: Manifest) -> Path:
         """Write the self-hashed manifest and move the bundle to `out` (replacing one there)."""
@@ -295,7 +296,7 @@ def check_files(bundle: Path, manifest: Manifest) -> None:
     lib = bundle / manifest.library["file"]
     if not lib.is_file():
         raise BundleError(f"{lib}: compiled library is missing; {hint}")
-    if sha256_file(lib) != manifest.library["sha256"]:
+    if sha256_of(lib) != manifest.library["sha256"]:
         raise BundleError(f"{lib}: library sha256 mismatch (corrupted or replaced); {hint}")
     needed: dict[str, int] = {}
     for p in manifest.params:
@@ -314,7 +315,7 @@ def check_files(bundle: Path, manifest: Manifest) -> None:
         path = bundle / tok["file"]
         if not path.is_file():
             raise BundleError(f"{path}: tokenizer is missing; {hint}")
-        if sha256_file(path) != tok["sha256"]:
+        if sha256_of(path) != tok["sha256"]:
             raise BundleError(f"{path}: tokenizer sha256 mismatch (edited or corrupted); {hint}")
 
 

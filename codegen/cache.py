@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CodegenError
-from .bundle import FORMAT_VERSION, sha256_file
+from ..frontend.pull import sha256_of
+from .bundle import FORMAT_VERSION
 
 if TYPE_CHECKING:
     from ..passes.quantization import Int4Quantization
@@ -51,7 +52,7 @@ def file_sha256(path: Path) -> str:
     known = index.get(str(path))
     if known is not None and {k: known.get(k) for k in stamp} == stamp:
         return str(known["sha256"])
-    digest = sha256_file(path)
+    digest = sha256_of(path)
     index[str(path)] = {**stamp, "sha256": digest}
     _write_index(index_path, index)
     return digest
@@ -136,12 +137,13 @@ def cached_bundle(
     target: str = "llvm",
     dtype: str = "f32",
     quantize: Int4Quantization | None = None,
+    int4_activations: str = "int8",
     progress: bool = True,
     rebuild: bool = False,
     dump_ir: Path | None = None,
 ) -> Path:
-    """The cache's bundle for `ref` on `target` in `dtype` (int4 with `quantize`), compiled first
-    if it is not there."""
+    """The cache's bundle for `ref` on `target` in `dtype` (int4 with `quantize`; int4 decode
+    with `int4_activations`, see CompileOptions), compiled first if it is not there."""
     import tvm
     import tvm_ffi
 
@@ -153,7 +155,7 @@ def cached_bundle(
     from .targets import get_target
 
     try:
-        options = CompileOptions(dtype=DType.parse(dtype), quantize=quantize)
+        options = CompileOptions(DType.parse(dtype), quantize, int4_activations)
     except ValueError as e:
         raise CodegenError(f"compile dtype: {e}") from None
     chosen = get_target(target)

@@ -75,7 +75,8 @@ def compile_model(
                 module, transforms = lift_weight_transforms(module)
             # Relax functions and the KV cache's kernels; fixes the library's weight order.
             with prog.phase("lower"):
-                lowered = lower_module(module, target)
+                int8x = options.int4_activations == "int8"
+                lowered = lower_module(module, target, int8_activations=int8x)
             # One weight at a time: read or compute it, append it to a shard, let it go.
             with prog.phase("weights"):
                 weights = _weights(loaded, ctx.derived, transforms, lowered, prog)
@@ -225,16 +226,22 @@ def compile_command(
     output: Path | None,
     dump_ir: Path | None,
     quantize: Int4Quantization | None = None,
+    int4_activations: str = "int8",
 ) -> Path:
     """`ferrumc compile`: into `output`, or into the compile cache (reused when already there;
     rebuilt when IR dumps are asked for, so that they get written)."""
     if output is None:
         from .cache import cached_bundle
 
-        rebuild = dump_ir is not None
         return cached_bundle(
-            ref, target=target, dtype=dtype, quantize=quantize, rebuild=rebuild, dump_ir=dump_ir
+            ref,
+            target=target,
+            dtype=dtype,
+            quantize=quantize,
+            int4_activations=int4_activations,
+            rebuild=dump_ir is not None,
+            dump_ir=dump_ir,
         )
-    options = CompileOptions(dtype=DType(dtype), quantize=quantize)
+    options = CompileOptions(DType(dtype), quantize, int4_activations)
     compile_model(ref, output, target=target, options=options, dump_ir=dump_ir)
     return output

@@ -14,9 +14,10 @@ q is u8[N, K/2], element 2i in the low nibble of byte i. Like linear_cpu.py, one
   2 or 4 rows of x.
 - M > GEMV_ROWS (prefill): each task dequantizes a band of weight rows to f32 once (it stays
   in L2) and runs linear_cpu's outer-product micro-kernel over x^T panels in the same order.
-Without AVX-512 the lookup is replaced by a convert and an FMA per vector. Opt-in
-(`int8_activations`): decode with x quantized to int8 and vpdpbusd, llama.cpp's trade
-(codegen/int4_int8x_cpu.py), ~2-3x faster per byte than the float GEMV, bound by vector uops.
+Without AVX-512 the lookup is replaced by a convert and an FMA per vector. With
+`int8_activations` (the compile default on VNNI CPUs), decode and batched decode instead round
+x to int8 and use vpdpbusd, llama.cpp's trade (codegen/int4_int8x_cpu.py): ~3-4x the float
+GEMV's speed per core, reaching the memory's read bandwidth on one thread.
 An optional perm (act-order: y = x[..., perm] @ w.T) is applied when x is reordered, for free.
 """
 
@@ -29,6 +30,7 @@ from tvm import relax as rx
 from tvm import tirx
 from tvm.script import tirx as T
 
+from . import int4_int8x_cpu
 from .int4_int8x_cpu import int8x_gemv, tasks_per_iteration
 from .linear_cpu import BAND_BYTES, GEMV_ROWS, _largest_divisor
 
@@ -62,9 +64,9 @@ class Int4Tiling:
     gemm_rows: int  # weight rows per GEMM register tile
     tokens: int  # x rows per GEMM register tile (x^T panel width)
     band: int  # weight rows per GEMM task, dequantized to f32 once
-    # Decode with x quantized to int8 per block of 32 and VNNI dot products (vpdpbusd), as
-    # llama.cpp does: ~2-3x the float GEMV's speed, relative error ~5e-3. Symmetric weights,
-    # K % 128 == 0 only; a numerics trade the caller opts into.
+    # Decode (M <= GEMV_ROWS) with x quantized to int8 per block of 32 and VNNI dot products
+    # (vpdpbusd), as llama.cpp does: ~3-4x the float GEMV's speed, relative error ~5e-3;
+    # K % 64 == 0 (int4_int8x_cpu.supports). A numerics trade the caller chooses.
     int8_activations: bool = False
 
 
@@ -99,7 +101,7 @@ def int4_kernel(spec: Int4Spec, tiles: Int4Tiling) -> tirx.PrimFunc:
     assert g % (2 * L) == 0 and k % g == 0, (spec, tiles)
     chunk = 2 * L  # inputs per chunk of L packed bytes
     chunks = g // chunk  # chunks per group
-    int8x = tiles.int8_activations and spec.zero_dtype is None and k % 128 == 0
+    int8x = tiles.int8_activations and int4_int8x_cpu.supports(spec)
     vf, vi = f"float32x{L}", f"int32x{L}"
 
     def x_at(X, P, i, kk):
@@ -327,7 +329,14 @@ def int4_kernel(spec: Int4Spec, tiles: Int4Tiling) -> tirx.PrimFunc:
                                                 acc[r, tok], B, jo * band + jt * mr + r
                                             )
 
-    gemv_int8x = int8x_gemv(spec, tiles, x_at, scale, epilogue, lane_sum) if int8x else None
+    # Int8 x: one macro per (weight rows per task, rows of x). Every (weight row, x row) pair
+    # holds an accumulator and its operands in registers: 8 or 16 pairs.
+    r2 = _largest_divisor(n, (2, 1))
+    int8x_paths = {
+        (rows_, x_rows): int8x_gemv(spec, rows_, x_rows, x_at, scale, zero, epilogue, lane_sum)
+        for rows_, x_rows in ((rows, 1), (nt, 2), (r2, mt), (1, 8))
+        if int8x
+    }
     xd_, sd = spec.x_dtype, spec.scale_dtype
     zd = spec.zero_dtype or sd
     bd = spec.bias_dtype or F32
@@ -350,13 +359,24 @@ def int4_kernel(spec: Int4Spec, tiles: Int4Tiling) -> tirx.PrimFunc:
         Y = T.match_buffer(y, (m, n), xd_)
         if m == 1:
             if bool(int8x):
-                gemv_int8x(X, Q, S, B, P, Y)
+                int8x_paths[rows, 1](X, Q, S, Z, B, P, Y, T.Cast("int32", m))
             else:
                 gemv(X, Q, S, Z, B, P, Y)
         elif m == 2:
-            gemv_batch(X, Q, S, Z, B, P, Y, m, 2)
+            if bool(int8x):
+                int8x_paths[nt, 2](X, Q, S, Z, B, P, Y, T.Cast("int32", m))
+            else:
+                gemv_batch(X, Q, S, Z, B, P, Y, m, 2)
+        elif m <= mt:
+            if bool(int8x):
+                int8x_paths[r2, mt](X, Q, S, Z, B, P, Y, T.Cast("int32", m))
+            else:
+                gemv_batch(X, Q, S, Z, B, P, Y, m, mt)
         elif m <= GEMV_ROWS:
-            gemv_batch(X, Q, S, Z, B, P, Y, m, mt)
+            if bool(int8x):
+                int8x_paths[1, 8](X, Q, S, Z, B, P, Y, T.Cast("int32", m))
+            else:
+                gemv_batch(X, Q, S, Z, B, P, Y, m, mt)
         else:
             gemm(X, Q, S, Z, B, P, Y, m)
 

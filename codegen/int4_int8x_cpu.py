@@ -1,10 +1,18 @@
-"""Int4 decode with int8 activations on AVX-512 VNNI: the opt-in M = 1 path of int4_cpu.py.
+"""Int4 decode with int8 activations on AVX-512 VNNI: the M = 1 path of int4_cpu.py.
 
-x is quantized to int8 per block of 32 inputs (scale amax / 127, as llama.cpp's Q8 blocks),
-then each 64 packed bytes of a weight row (128 inputs) take two `vpdpbusd`: the low and high
-nibbles as the unsigned operand, x as the signed one. ~9 vector uops per 64 bytes against ~28
-for the float lookup GEMV, for a relative error of ~5e-3 of max |y|. Symmetric weights and
-K % 128 == 0 only (int4_cpu.py checks); rows are spread over tasks as in its float GEMV.
+x is quantized to int8 per block of 32 inputs (scale dx = amax / 127, as llama.cpp's Q8
+blocks), then each 64 packed bytes of a weight row (128 inputs) take two `vpdpbusd`: the low
+and high nibbles as the unsigned operand, x as the signed one; a last 64 inputs (K % 128 = 64,
+e.g. SmolLM2's K = 576) take two ymm ones. Per 64 bytes that is ~7 vector uops against ~28 for
+the float lookup GEMV; the result differs from exact f32 math by ~5e-3 relative (x's
+rounding), the trade llama.cpp makes for Q4_0.
+
+    y[j] = sum_b cs[j, b] * (sum_{i in b} q[j, i] * xq[i])  -  sum_b cs[j, b] * z[j, b] * xs[b]
+
+with cs[j, b] = s[j, group of b] * dx[b] per row and block, z the zero point (8 when
+symmetric) and xs[b] the sum of block b's int8 codes. `int8x_reference` is the same math in
+numpy, for tests. Needs K % 64 == 0 and a group size that is a multiple of 32; rows are spread
+over tasks as in the float GEMV.
 """
 
 from __future__ import annotations
@@ -12,16 +20,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
 from tvm.script import tirx as T
 
 from .linear_cpu import _largest_divisor
 
 if TYPE_CHECKING:  # int4_cpu imports this module
-    from .int4_cpu import Int4Spec, Int4Tiling
+    from .int4_cpu import Int4Spec
 
 F32 = "float32"
-PERMUTE = "llvm.x86.avx512.permvar.sf.512"
+BLOCK = 32  # inputs per int8 block of x
 DPBUSD = "llvm.x86.avx512.vpdpbusd.512"
+DPBUSD_YMM = "llvm.x86.avx512.vpdpbusd.256"
+
+
+def supports(spec: Int4Spec) -> bool:
+    """Whether the int8-activation GEMV covers `spec` (given AVX-512 VNNI)."""
+    return spec.k % 64 == 0 and spec.group_size % BLOCK == 0
 
 
 def tasks_per_iteration(tasks: int) -> int:
@@ -32,112 +47,205 @@ def tasks_per_iteration(tasks: int) -> int:
 
 def int8x_gemv(
     spec: Int4Spec,
-    tiles: Int4Tiling,
+    rows: int,
+    x_rows: int,
     x_at: Callable,
     scale: Callable,
+    zero: Callable,
     epilogue: Callable,
     lane_sum: Callable,
 ) -> Callable:
-    """The T.macro gemv_int8x(X, Q, S, B, P, Y) for int4_cpu.int4_kernel's spec and tiles."""
-    n, k, g, rows = spec.n, spec.k, spec.group_size, tiles.gemv_rows
+    """The T.macro gemv_int8x(X, Q, S, Z, B, P, Y, m) for int4_cpu.int4_kernel's spec: m <= x_rows
+    rows of x (rows past m repeat the last and are not stored) against `rows` weight rows per
+    task, each packed vector unpacked once for all x rows."""
+    n, k, g = spec.n, spec.k, spec.group_size
     stride = n // rows
     per_task = tasks_per_iteration(stride)
+    full, tail = k // 128, k % 128 // 64  # chunks of 128 inputs, then 0 or 1 of 64
+    blocks, groups = k // BLOCK, k // g
+    symmetric = spec.zero_dtype is None
+    lanes_total = full * 16 + tail * 8  # vpdpbusd lanes over all chunks
 
-    def dot_chunk(Q, row, c, xq, xinit):
-        """Per lane, sum of 8 nibbles times int8 x (+ the zero-point start), as int32x16."""
-        packed8 = Q[row, T.Ramp(c * 64, 1, 64)]
-        low8 = T.reinterpret("int8x64", T.bitwise_and(packed8, T.Broadcast(T.uint8(15), 64)))
-        high8 = T.reinterpret("int8x64", T.shift_right(packed8, T.Broadcast(T.uint8(4), 64)))
-        lows = T.call_llvm_pure_intrin(
-            "int32x16", DPBUSD, xinit[T.Ramp(c * 16, 1, 16)], low8, xq[T.Ramp(c * 128, 1, 64)]
-        )
-        return T.call_llvm_pure_intrin(
-            "int32x16", DPBUSD, lows, high8, xq[T.Ramp(c * 128 + 64, 1, 64)]
-        )
+    # x in chunk order: in each chunk of 2w inputs (w = 64, or 32 for the tail), the w even
+    # ones (they meet the low nibbles) first, then the w odd ones. vpdpbusd lane l of a chunk
+    # then sums inputs 8l .. 8l + 7 of it, all in block 4c + l // 4 and group 8l // g.
+    def xq_index(b, h, i):
+        width = T.if_then_else(b < full * 4, 64, 32)
+        return b // 4 * 128 + h * width + b % 4 * 16 + i
 
-    def dx_lanes(dx, c):
-        """The x block scale of each vpdpbusd lane of chunk c: lanes 4j..4j+3 share block j."""
-        return T.call_llvm_pure_intrin(
-            "float32x16", PERMUTE, dx[T.Ramp(c * 4, 1, 16)], T.Ramp(0, 1, 16) // T.Broadcast(4, 16)
+    def dot(Q, row, xq, xinit, i, c, width):
+        """int32 lanes of chunk c: sum over each lane's 8 nibbles of q * xq[i], plus xinit."""
+        vi8, vi32, op = (
+            ("int8x64", "int32x16", DPBUSD) if width == 64 else ("int8x32", "int32x8", DPBUSD_YMM)
         )
+        lanes, at = width // 4, c * 128
+        packed = Q[row, T.Ramp(c * 64, 1, width)]
+        low = T.reinterpret(vi8, T.bitwise_and(packed, T.Broadcast(T.uint8(15), width)))
+        high = T.reinterpret(vi8, T.shift_right(packed, T.Broadcast(T.uint8(4), width)))
+        start = xinit[i, T.Ramp(c * 16, 1, lanes)] if symmetric else T.Broadcast(T.int32(0), lanes)
+        lows = T.call_llvm_pure_intrin(vi32, op, start, low, xq[i, T.Ramp(at, 1, width)])
+        return T.call_llvm_pure_intrin(vi32, op, lows, high, xq[i, T.Ramp(at + width, 1, width)])
 
-    # Decode with int8 activations: x quantized per block of 32 (scale amax / 127), stored in
-    # the reordered order of 128-input chunks (64 even inputs, then 64 odd). vpdpbusd lane l
-    # of a 64-byte chunk sums 8 consecutive inputs (4 low and 4 high nibbles), so lanes
-    # 4j..4j+3 share a block of x and lanes (8l) // g share a weight group; the zero point
-    # enters as the accumulator's start, -8 * sum(xq) per lane.
-    n_chunks, groups = k // 128, k // g
+    def lane_scales(S, row, dx, i, c, lanes):
+        """The scale of each of `lanes` lanes of chunk c: its weight group's times its block's,
+        each spread from a short load by a shuffle. (The scales are read where they are stored:
+        a zmm load of a row's scales widened into a buffer by the row's own narrower stores
+        just before stalls store forwarding, 7x slower.)"""
+        # TVM's Shuffle yields at most as many lanes as it is given: repeat the source.
+        width = lanes * 8 // g  # groups met by the chunk
+        if width > 1:
+            groups_ = T.Cast(f"float32x{width}", S[row, T.Ramp(c * 128 // g, 1, width)])
+            groups_ = T.Shuffle([groups_] * (lanes // width), [8 * i // g for i in range(lanes)])
+        else:
+            groups_ = T.Broadcast(scale(S, row, c * 128 // g), lanes)
+        blocks_ = dx[i, T.Ramp(c * 4, 1, lanes // 4)]
+        return groups_ * T.Shuffle([blocks_] * 4, [i // 4 for i in range(lanes)])
 
     @T.macro
-    def gemv_int8x(X, Q, S, B, P, Y):
-        with T.sblock("int4_gemv_int8x"):
-            xq = T.sblock_alloc_buffer((k,), "int8")
-            # Padded: dx_lanes reads 16 scales from block 4c, of which it uses 4.
-            dx = T.sblock_alloc_buffer((k // 32 + 16,), F32)
-            xinit = T.sblock_alloc_buffer((k // 8,), "int32")
-            m16 = T.sblock_alloc_buffer((16,), F32)
-            for b in range(k // 32):
-                for i in T.vectorized(16):
-                    m16[i] = T.max(
-                        T.fabs(x_at(X, P, 0, b * 32 + i)), T.fabs(x_at(X, P, 0, b * 32 + 16 + i))
-                    )
-                for i in T.vectorized(8):
-                    m16[i] = T.max(m16[i], m16[i + 8])
-                for i in T.vectorized(4):
-                    m16[i] = T.max(m16[i], m16[i + 4])
-                for i in T.vectorized(2):
-                    m16[i] = T.max(m16[i], m16[i + 2])
-                m16[0] = T.max(m16[0], m16[1])
-                dx[b] = m16[0] / T.float32(127)
-                m16[1] = T.if_then_else(
-                    m16[0] > T.float32(0), T.float32(127) / m16[0], T.float32(0)
+    def quantize_x(X, P, xq, dx, xinit, xg, m16, r32, i_):
+        for b in range(blocks):
+            for i in T.vectorized(16):
+                m16[i] = T.max(
+                    T.fabs(x_at(X, P, i_, b * BLOCK + i)),
+                    T.fabs(x_at(X, P, i_, b * BLOCK + 16 + i)),
                 )
-                for h in range(2):
-                    for i in T.vectorized(16):
-                        xq[b // 4 * 128 + h * 64 + b % 4 * 16 + i] = T.Cast(
-                            "int8", T.round(x_at(X, P, 0, b * 32 + 2 * i + h) * m16[1])
-                        )
-            for c in range(n_chunks):
-                for lane in T.vectorized(16):
-                    xinit[c * 16 + lane] = T.int32(-8) * (
-                        T.Cast("int32", xq[c * 128 + 4 * lane])
-                        + T.Cast("int32", xq[c * 128 + 4 * lane + 1])
-                        + T.Cast("int32", xq[c * 128 + 4 * lane + 2])
-                        + T.Cast("int32", xq[c * 128 + 4 * lane + 3])
-                        + T.Cast("int32", xq[c * 128 + 64 + 4 * lane])
-                        + T.Cast("int32", xq[c * 128 + 64 + 4 * lane + 1])
-                        + T.Cast("int32", xq[c * 128 + 64 + 4 * lane + 2])
-                        + T.Cast("int32", xq[c * 128 + 64 + 4 * lane + 3])
+            for i in T.vectorized(8):
+                m16[i] = T.max(m16[i], m16[i + 8])
+            for i in T.vectorized(4):
+                m16[i] = T.max(m16[i], m16[i + 4])
+            for i in T.vectorized(2):
+                m16[i] = T.max(m16[i], m16[i + 2])
+            m16[0] = T.max(m16[0], m16[1])
+            dx[i_, b] = m16[0] / T.float32(127)
+            m16[1] = T.if_then_else(m16[0] > T.float32(0), T.float32(127) / m16[0], T.float32(0))
+            for h in range(2):
+                for i in T.vectorized(16):
+                    r32[h * 16 + i] = T.round(x_at(X, P, i_, b * BLOCK + 2 * i + h) * m16[1])
+                    xq[i_, xq_index(b, h, i)] = T.Cast("int8", r32[h * 16 + i])
+            if bool(symmetric):
+                # The zero point 8 enters as each lane's start: -8 times the sum of its codes.
+                # (Computed here, not in a loop of its own: TVM's storage rewrite then gave
+                # xinit the memory of dx.)
+                for t in range(4):
+                    xinit[i_, b // 4 * 16 + b % 4 * 4 + t] = T.int32(-8) * T.Cast(
+                        "int32",
+                        r32[4 * t]
+                        + r32[4 * t + 1]
+                        + r32[4 * t + 2]
+                        + r32[4 * t + 3]
+                        + r32[16 + 4 * t]
+                        + r32[16 + 4 * t + 1]
+                        + r32[16 + 4 * t + 2]
+                        + r32[16 + 4 * t + 3],
                     )
+            else:
+                # xg: per weight group, the sum of its x as quantized, for the zero points.
+                for i in T.vectorized(16):
+                    r32[i] = r32[i] + r32[i + 16]
+                for i in T.vectorized(8):
+                    r32[i] = r32[i] + r32[i + 8]
+                for i in T.vectorized(4):
+                    r32[i] = r32[i] + r32[i + 4]
+                for i in T.vectorized(2):
+                    r32[i] = r32[i] + r32[i + 2]
+                if b % (g // BLOCK) == 0:
+                    xg[i_, b // (g // BLOCK)] = T.float32(0)
+                xg[i_, b // (g // BLOCK)] = xg[i_, b // (g // BLOCK)] + dx[i_, b] * (
+                    r32[0] + r32[1]
+                )
+
+    @T.macro
+    def add_chunk(acc, Q, S, xq, xinit, dx, row, r, i, m, c, lanes):
+        # 16 lanes for a chunk of 128 inputs, 8 for the tail's 64.
+        if bool(lanes == 16):
+            acc[i, r, T.Ramp(0, 1, 16)] = acc[i, r, T.Ramp(0, 1, 16)] + T.Cast(
+                "float32x16", dot(Q, row, xq, xinit, T.min(i, m - 1), c, 64)
+            ) * lane_scales(S, row, dx, T.min(i, m - 1), c, 16)
+        else:
+            acc[i, r, T.Ramp(0, 1, 8)] = acc[i, r, T.Ramp(0, 1, 8)] + T.Cast(
+                "float32x8", dot(Q, row, xq, xinit, T.min(i, m - 1), c, 32)
+            ) * lane_scales(S, row, dx, T.min(i, m - 1), c, 8)
+
+    def row_of(r, jb, ji):
+        return r * stride + jb * per_task + ji
+
+    @T.macro
+    def gemv_int8x(X, Q, S, Z, B, P, Y, m):
+        with T.sblock("int4_gemv_int8x"):
+            xq = T.sblock_alloc_buffer((x_rows, k), "int8")
+            dx = T.sblock_alloc_buffer((x_rows, blocks + 16), F32)
+            xinit = T.sblock_alloc_buffer((x_rows, lanes_total + 8), "int32")
+            xg = T.sblock_alloc_buffer((x_rows, groups), F32)
+            m16 = T.sblock_alloc_buffer((16,), F32)
+            r32 = T.sblock_alloc_buffer((BLOCK,), F32)
+            for i_ in range(m):
+                quantize_x(X, P, xq, dx, xinit, xg, m16, r32, i_)
             for jb in T.parallel(stride // per_task):
                 with T.sblock("int4_gemv_int8x_task"):
-                    acc = T.sblock_alloc_buffer((1, rows, 16), F32, scope="local")
-                    sf = T.sblock_alloc_buffer((rows, groups + 16), F32, scope="local")
+                    acc = T.sblock_alloc_buffer((x_rows, rows, 16), F32, scope="local")
                     for ji in range(per_task):
                         for r in T.unroll(rows):
-                            for gi in T.vectorized(groups):
-                                sf[r, gi] = scale(S, r * stride + jb * per_task + ji, gi)
-                            for lane in T.vectorized(16):
-                                sf[r, groups + lane] = T.float32(0)
-                                acc[0, r, lane] = T.float32(0)
-                        for c in range(n_chunks):
+                            for i in T.unroll(x_rows):
+                                for lane in T.vectorized(16):
+                                    acc[i, r, lane] = T.float32(0)
+                        for c in range(full):
                             for r in T.unroll(rows):
-                                acc[0, r, T.Ramp(0, 1, 16)] = acc[0, r, T.Ramp(0, 1, 16)] + T.Cast(
-                                    "float32x16",
-                                    dot_chunk(Q, r * stride + jb * per_task + ji, c, xq, xinit),
-                                ) * (
-                                    T.call_llvm_pure_intrin(
-                                        "float32x16",
-                                        PERMUTE,
-                                        sf[r, T.Ramp(c * 128 // g, 1, 16)],
-                                        T.Ramp(0, 8, 16) // T.Broadcast(g, 16),
+                                for i in T.unroll(x_rows):
+                                    add_chunk(
+                                        acc, Q, S, xq, xinit, dx, row_of(r, jb, ji), r, i, m, c, 16
                                     )
-                                    * dx_lanes(dx, c)
-                                )
+                        if bool(tail):
+                            for r in T.unroll(rows):
+                                for i in T.unroll(x_rows):
+                                    add_chunk(
+                                        acc,
+                                        Q,
+                                        S,
+                                        xq,
+                                        xinit,
+                                        dx,
+                                        row_of(r, jb, ji),
+                                        r,
+                                        i,
+                                        m,
+                                        full,
+                                        8,
+                                    )
                         for r in T.unroll(rows):
-                            lane_sum(acc, 0, r)
-                            Y[0, r * stride + jb * per_task + ji] = epilogue(
-                                acc[0, r, 0], B, r * stride + jb * per_task + ji
-                            )
+                            for i in T.unroll(x_rows):
+                                if i < m:
+                                    lane_sum(acc, i, r)
+                                    if bool(not symmetric):
+                                        # Asymmetric: minus the sum over groups of s * z * xg.
+                                        for gi in range(groups):
+                                            acc[i, r, 0] = (
+                                                acc[i, r, 0]
+                                                - scale(S, row_of(r, jb, ji), gi)
+                                                * zero(Z, row_of(r, jb, ji), gi)
+                                                * xg[i, gi]
+                                            )
+                                    Y[i, row_of(r, jb, ji)] = epilogue(
+                                        acc[i, r, 0], B, row_of(r, jb, ji)
+                                    )
 
     return gemv_int8x
+
+
+def int8x_reference(
+    x: np.ndarray, q: np.ndarray, scales: np.ndarray, zeros: np.ndarray | float, group_size: int
+) -> np.ndarray:
+    """What the int8-activation GEMV computes, in numpy: x[K] (after any perm), q[N, K] codes,
+    scales[N, K/g], zeros[N, K/g] or a constant -> y[N] in f64 (before the bias)."""
+    x = x.astype(np.float32).reshape(-1, BLOCK)
+    amax = np.abs(x).max(axis=1, keepdims=True)
+    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    v = x * inv
+    xq = np.where(v < 0, -np.floor(-v + 0.5), np.floor(v + 0.5))  # llvm.round: half away from 0
+    dx = (amax / np.float32(127)).astype(np.float64)[:, 0]
+    per_group = group_size // BLOCK
+    s = np.repeat(scales.astype(np.float32), per_group, axis=1).astype(np.float64)
+    z = np.asarray(zeros, np.float32)
+    z = np.repeat(z, per_group, axis=1) if z.ndim else np.full(s.shape, z)
+    n = q.shape[0]
+    dots = (q.reshape(n, -1, BLOCK).astype(np.float64) * xq).sum(axis=2)  # [N, blocks]
+    return (s * dx * (dots - z.astype(np.float64) * xq.sum(axis=1))).sum(axis=1)

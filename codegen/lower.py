@@ -82,8 +82,12 @@ def check_lowerable(module: Module) -> None:
         raise UnsupportedModel(f"cannot lower these ops yet:\n{lines}")
 
 
-def lower_module(module: Module, target: Target) -> LoweredModule:
-    """The Relax IRModule for `module` on `target`; the module is verified first."""
+def lower_module(
+    module: Module, target: Target, int8_activations: bool = False
+) -> LoweredModule:
+    """The Relax IRModule for `module` on `target`; the module is verified first.
+    `int8_activations`: int4 linears decode with x rounded to int8 where the CPU can
+    (passes/quantization.ACTIVATIONS)."""
     verify_module(module)
     check_lowerable(module)
     weights = weight_order(module)
@@ -95,7 +99,8 @@ def lower_module(module: Module, target: Target) -> LoweredModule:
         # last token), not for every token.
         if graph.name == "prefill":
             graph = SelectLogitRows()(graph)
-        signatures[graph.name] = _lower_graph(bb, graph, weights, target)
+        ctx = LowerContext(bb, target, int8_activations)
+        signatures[graph.name] = _lower_graph(ctx, graph, weights)
     mod = bb.finalize()
     if layout is not None:
         mod.update(create_function_module(layout, target))
@@ -115,11 +120,11 @@ def _ordered_inputs(graph: Graph) -> list[Input]:
 
 
 def _lower_graph(
-    bb: rx.BlockBuilder, graph: Graph, weights: dict[str, TensorType], target: Target
+    ctx: LowerContext, graph: Graph, weights: dict[str, TensorType]
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     if graph.name == CREATE_FUNCTION:
         raise UnsupportedModel(f"graph name {CREATE_FUNCTION!r} is reserved for the KV cache")
-    ctx = LowerContext(bb, target)
+    bb = ctx.bb
     inputs = _ordered_inputs(graph)
     in_vars = {op.name: rx.Var(op.name, ctx.relax_type(op.type)) for op in inputs}
     params = rx.Var(PARAMS_NAME, rx.TupleType([ctx.relax_type(t) for t in weights.values()]))

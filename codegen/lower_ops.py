@@ -62,7 +62,16 @@ def _int4_linear(ctx: LowerContext, node: Node, args: list[rx.Expr]) -> Sequence
     bias = rest.pop(0) if op.has_bias else None
     if ctx.target.device == "cpu":
         y = emit_int4_linear(
-            ctx.bb, x, q, scales, zeros, perm, bias, op.group_size, ctx.target.vector_bits
+            ctx.bb,
+            x,
+            q,
+            scales,
+            zeros,
+            perm,
+            bias,
+            op.group_size,
+            ctx.target.vector_bits,
+            ctx.int8_activations and "avx512_vnni" in ctx.target.features,
         )
         if y is not None:
             return (y,)
@@ -77,6 +86,28 @@ def _int4_linear(ctx: LowerContext, node: Node, args: list[rx.Expr]) -> Sequence
             bias,
             op.group_size,
             name="int4_linear",
+        ),
+    )
+
+
+def _int4_embedding(ctx: LowerContext, node: Node, args: list[rx.Expr]) -> Sequence[rx.Expr]:
+    """Gather and dequantize the rows of an int4 table: one TE kernel reading T rows,
+    scheduled by ParallelOuterLoops on llvm and by dlight's fallback on GPUs."""
+    op = node.op
+    assert isinstance(op, ops.Int4Embedding)
+    q, scales, *rest = args
+    zeros = rest.pop(0) if op.has_zeros else None
+    (ids,) = rest
+    return (
+        ctx.emit_te(
+            te_kernels.int4_embedding,
+            q,
+            scales,
+            zeros,
+            ids,
+            op.group_size,
+            tvm_dtype(op.dtype),
+            name="int4_embedding",
         ),
     )
 
@@ -183,6 +214,7 @@ LOWERINGS: dict[type[ops.Op], Lowering] = {
     ops.Embedding: _embedding,
     ops.Linear: _linear,
     ops.Int4Linear: _int4_linear,
+    ops.Int4Embedding: _int4_embedding,
     ops.RMSNorm: _rms_norm,
     ops.AddRMSNorm: _add_rms_norm,
     ops.Rotary: _rotary,

@@ -113,3 +113,33 @@ def int4_linear(
         return y.astype(x.dtype)
 
     return te.compute(acc.shape, epilogue, name="int4_linear")
+
+
+def int4_embedding(
+    q: te.Tensor,
+    scales: te.Tensor,
+    zeros: te.Tensor | None,
+    ids: te.Tensor,
+    group_size: int,
+    dtype: str,
+) -> te.Tensor:
+    """Rows `ids` of dequant(q) in `dtype`: out[..., c] = scales[v, c // g] * (nibble(q, v, c) -
+    zero), v = ids[...] clamped to the table, zero = zeros[v, c // g] or 8; q: u8[V, C/2].
+
+    One injective stage that reads only the gathered rows (T x C/2 bytes, not the table).
+    """
+    vocab, hidden = q.shape[0], q.shape[1] * 2
+
+    def row(v: tirx.PrimExpr) -> tirx.PrimExpr:
+        # As Embedding's take(mode="clip"): an out-of-range id must not read outside the table.
+        return tirx.max(tirx.min(v, (vocab - 1).astype(v.dtype)), tirx.const(0, v.dtype))
+
+    def gather(*i: tirx.Var) -> tirx.PrimExpr:
+        v, c = row(ids[i[:-1]]), i[-1]
+        byte = q[v, c // 2]
+        nibble = (byte >> ((c % 2) * 4).astype(byte.dtype)) & tirx.const(0xF, byte.dtype)
+        g = c // group_size
+        zero = _f32(zeros[v, g]) if zeros is not None else tirx.const(8.0, F32)
+        return ((nibble.astype(F32) - zero) * _f32(scales[v, g])).astype(dtype)
+
+    return te.compute((*ids.shape, hidden), gather, name="int4_embedding")

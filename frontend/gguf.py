@@ -203,6 +203,9 @@ INT4_LINEARS = (
     *(f"mlp.{p}.weight" for p in ("gate", "up", "down")),
     "lm_head.weight",
 )
+# ... and the token embedding: the lookup gathers int4 rows (int4_embedding) and a tied head reads
+# the same blocks (int4_linear), so no float table is stored.
+INT4_TABLES = (*INT4_LINEARS, "embed.weight")
 
 
 def _int4_weights(
@@ -238,8 +241,9 @@ def gguf_weights(
 ) -> tuple[WeightSource, dict[str, QuantizedLinear]]:
     """Every GGUF tensor under its ferrumc name, shape-checked; fails on any tensor it cannot place.
 
-    With `keep_int4`, Q4_0 / Q4_1 linear weights stay int4 (returned as the quantized linears);
-    otherwise, as every other type, they are dequantized to f32 when loaded.
+    With `keep_int4`, Q4_0 / Q4_1 linear weights and token embedding stay int4 (returned as the
+    quantized linears, the embedding as "embed"); otherwise, as every other type, they are
+    dequantized to f32 when loaded.
     """
     types: dict[str, TensorType] = {}
     loaders: dict[str, Callable[[], np.ndarray]] = {}
@@ -266,7 +270,7 @@ def gguf_weights(
             )
         heads = _rotary_heads(name, config)
         leaf = name.split(".", 2)[-1] if name.startswith("layers.") else name
-        if keep_int4 and leaf in INT4_LINEARS and Q[t.type_name] in INT4_TYPES:
+        if keep_int4 and leaf in INT4_TABLES and Q[t.type_name] in INT4_TYPES:
             linear = name.removesuffix(".weight")
             quantized[linear], int4_types, int4_loaders = _int4_weights(
                 f, t.name, linear, want, heads
@@ -278,16 +282,6 @@ def gguf_weights(
         types[name] = TensorType(DType.f32, want)
         loaders[name] = _loader(f, t.name, heads)
         storage[name] = t.type_name
-        tied_int4 = name == "embed.weight" and config.tie_word_embeddings
-        if keep_int4 and tied_int4 and Q[t.type_name] in INT4_TYPES:
-            # The tied output head reads the embedding's own int4 blocks (what decode streams
-            # every token); the lookup keeps the dequantized table, of which it reads a row.
-            quantized["lm_head"], int4_types, int4_loaders = _int4_weights(
-                f, t.name, "lm_head", want, None
-            )
-            types.update(int4_types)
-            loaders.update(int4_loaders)
-            storage.update(dict.fromkeys(int4_types, t.type_name))
     missing = [
         n
         for n in required_names(config)
@@ -303,7 +297,8 @@ def gguf_weights(
 def load_gguf(path: str | Path, keep_int4: bool = False) -> LoadedModel:
     """Open a GGUF file: config and tokenizer now, weights read (and dequantized) only when loaded.
 
-    `keep_int4`: Q4_0 / Q4_1 linear weights stay int4 (group 32) instead of being dequantized.
+    `keep_int4`: Q4_0 / Q4_1 linear weights and token embedding stay int4 (group 32) instead of
+    being dequantized.
     """
     path = Path(path)
     if not path.is_file():

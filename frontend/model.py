@@ -80,7 +80,8 @@ class LoadedModel:
     weights: WeightSource
     tokenizer: TokenizerInfo | None
     generation: dict[str, object] = field(default_factory=dict)
-    # Linears kept in int4 as the checkpoint stores them, by ferrumc name ("layers.0.attn.q").
+    # Linears kept in int4 as the checkpoint stores them, by ferrumc name ("layers.0.attn.q"), and
+    # "embed" for a token embedding table kept in int4 (the lookup is int4_embedding).
     quantized: dict[str, QuantizedLinear] = field(default_factory=dict)
 
     def graph(self) -> Graph:

@@ -86,6 +86,16 @@ def int4_linear(op: ops.Int4Linear, x: np.ndarray, q: np.ndarray, scales: np.nda
     return linear(ops.Linear(has_bias=op.has_bias), x, w, bias)
 
 
+def int4_embedding(op: ops.Int4Embedding, q: np.ndarray, scales: np.ndarray, *rest):
+    zeros, ids = (rest[0], rest[1]) if op.has_zeros else (None, rest[0])
+    embedding(ops.Embedding(), q, ids)  # the same id check as a float table's
+    flat = ids.reshape(-1)  # only the gathered rows are unpacked and dequantized
+    rows = dequantize_int4(
+        q[flat], scales[flat], None if zeros is None else zeros[flat], op.group_size
+    )
+    return rows.reshape(*ids.shape, rows.shape[-1]).astype(op.dtype.numpy)
+
+
 def quantize_int4(op: ops.QuantizeInt4, w: np.ndarray) -> tuple[np.ndarray, ...]:
     q, scales, zeros = rtn_quantize(w, op.group_size, op.symmetric, op.dtype.numpy)
     return (pack_int4(q), scales) if op.symmetric else (pack_int4(q), scales, zeros)
@@ -260,6 +270,7 @@ KERNELS: dict[type[ops.Op], Kernel] = {
     ops.Embedding: embedding,
     ops.Linear: linear,
     ops.Int4Linear: int4_linear,
+    ops.Int4Embedding: int4_embedding,
     ops.QuantizeInt4: quantize_int4,
     ops.RMSNorm: rms_norm,
     ops.AddRMSNorm: add_rms_norm,

@@ -222,6 +222,44 @@ class Int4Linear(Op):
 
 
 @dataclass(frozen=True)
+class Int4Embedding(Op):
+    """Gather rows of a group-quantized table, dequantizing only the rows gathered.
+
+    table[v, c] = scales[v, c // g] * (q[v, c] - zero), zero = zeros[v, c // g] (float) or 8,
+    as Int4Linear's weight. Inputs, in this order: (q u4[V, C], scales[V, C/g], zeros[V, C/g]?,
+    ids i32[...]) -> [..., C] in `dtype`: Embedding's (table, ids) with the table as Int4Linear
+    stores it. Scales and zeros may be in any float dtype; rows are dequantized in f32.
+    """
+
+    opname: ClassVar[str] = "int4_embedding"
+    group_size: int = 32
+    has_zeros: bool = False
+    dtype: DType = DType.f32
+
+    def arity(self) -> int:
+        return 3 + self.has_zeros
+
+    def infer(self, ins: Sequence[Type]) -> tuple[Type, ...]:
+        q, scales = _tensor(ins[0], "qweight"), _float(ins[1], "scales")
+        ids = _tensor(ins[-1], "ids")
+        expect(q.dtype is DType.u4 and q.rank == 2, f"qweight must be u4[vocab, hidden], got {q}")
+        expect(ids.dtype is DType.i32, f"ids must be i32, got {ids}")
+        expect(self.dtype in FLOAT_DTYPES, f"dtype must be a float, got {self.dtype.value}")
+        expect(self.group_size > 0, f"group size must be positive, got {self.group_size}")
+        v, c = q.shape
+        expect(
+            isinstance(c, int) and c % self.group_size == 0,
+            f"hidden dim {c} is not a multiple of group size {self.group_size}",
+        )
+        groups = (v, c // self.group_size)  # type: ignore[operator]
+        expect(scales.shape == groups, f"scales {scales} must be {format_shape(groups)}")
+        if self.has_zeros:
+            zeros = _float(ins[2], "zeros")
+            expect(zeros.shape == groups, f"zeros {zeros} must be {format_shape(groups)}")
+        return (TensorType(self.dtype, (*ids.shape, c)),)
+
+
+@dataclass(frozen=True)
 class QuantizeInt4(Op):
     """Round-to-nearest int4 group quantization of a weight, into Int4Linear's inputs.
 

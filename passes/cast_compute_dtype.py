@@ -6,7 +6,8 @@
 - float inputs are cast on entry, a KV cache input is retyped to `dtype`;
 - float outputs are cast back to their original dtype (logits stay f32);
 - integer and packed (u4) tensors are left alone, and so are int4 scales and zero points: the
-  kernels widen them once per group, and storing them wider would add bytes to every weight read.
+  kernels widen them once per group, and storing them wider would add bytes to every weight read;
+- int4 embeddings, whose output dtype is an attribute, produce `dtype`.
 Every other op takes its dtype from its inputs, so re-inference does the rest.
 """
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..ir.graph import Graph, GraphBuilder, Node, Value, rebuild
-from ..ir.ops import Cast, Concat, Input, Int4Linear, Weight
+from ..ir.ops import Cast, Concat, Input, Int4Embedding, Int4Linear, Weight
 from ..ir.types import FLOAT_DTYPES, DType, KVCacheType, TensorType
 from .base import Pass, PassContext
 from .patterns import emit1
@@ -55,6 +56,8 @@ class CastComputeDType(Pass):
                 return (b.input(op.name, dataclasses.replace(op.type, dtype=dtype)),)
             if isinstance(op, Input) and _needs_cast(op.type, dtype):
                 return (emit1(b, Cast(dtype), emit1(b, op)),)
+            if isinstance(op, Int4Embedding) and op.dtype != dtype:
+                return (emit1(b, dataclasses.replace(op, dtype=dtype), *ins),)
             if isinstance(op, Cast) and op.dtype.is_float:
                 x = ins[0]
                 if x.tensor.dtype == dtype:
@@ -67,14 +70,14 @@ class CastComputeDType(Pass):
 
 
 def _int4_parameters(graph: Graph) -> set[Value]:
-    """The weights read as an int4 linear's scales or zero points, directly or through the
-    concatenations that fuse-qkv and fuse-gate-up put in front of them."""
+    """The weights read as an int4 linear's or embedding's scales or zero points, directly or
+    through the concatenations that fuse-qkv and fuse-gate-up put in front of them."""
     found: set[Value] = set()
     stack = [
         v
         for node in graph.nodes
-        if isinstance(node.op, Int4Linear)
-        for v in node.inputs[2 : 3 + node.op.has_zeros]
+        if isinstance(node.op, (Int4Linear, Int4Embedding))
+        for v in _scales_and_zeros(node)
     ]
     while stack:
         v = stack.pop()
@@ -83,6 +86,13 @@ def _int4_parameters(graph: Graph) -> set[Value]:
         elif isinstance(v.node.op, Concat):
             stack.extend(v.node.inputs)
     return found
+
+
+def _scales_and_zeros(node: Node) -> tuple[Value, ...]:
+    op = node.op
+    assert isinstance(op, (Int4Linear, Int4Embedding))
+    first = 2 if isinstance(op, Int4Linear) else 1  # after x (linear) or the codes
+    return node.inputs[first : first + 1 + op.has_zeros]
 
 
 def _needs_cast(t: object, dtype: DType) -> bool:

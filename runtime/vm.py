@@ -175,14 +175,16 @@ class VMExecutor:
             _builtin("kv_state_end_forward")(self.kv_cache)
 
 
+# Weights with a row per token, as float or int4 (codes) tables: the first one present counts.
+VOCAB_WEIGHTS = ("lm_head.weight", "embed.weight", "lm_head.qweight", "embed.qweight")
+
+
 def _vocab_size(metadata: Mapping[str, object]) -> int:
     """Rows of the output projection (or of the tied embedding) listed in the library's weights."""
     if "vocab_size" in metadata:  # a bundle's manifest says it (weight names vary with dtype)
         return int(metadata["vocab_size"])  # type: ignore[call-overload]
     shapes = {w["name"]: w["shape"] for w in metadata["weights"]}  # type: ignore[index,union-attr]
-    for name in ("lm_head.weight", "embed.weight"):
+    for name in VOCAB_WEIGHTS:
         if name in shapes:
             return int(shapes[name][0])
-    raise BundleError(
-        f"the library lists neither lm_head.weight nor embed.weight; has {sorted(shapes)}"
-    )
+    raise BundleError(f"the library lists none of {', '.join(VOCAB_WEIGHTS)}; has {sorted(shapes)}")

@@ -11,6 +11,8 @@ JOBS.json lists {"bundle", "golden", "out"}; each out (.npz) receives, per golde
                        sequence-length limit (a sliding window not yet lowered) stops it
   teacher_{i} [P + n]  top-1 ids from one prefill of prompt + golden continuation (cut at
                        the limit): at the logit positions, then at each greedy step
+  forced_{i} [n]       top-1 ids of the prompt's prefill, then of each decode step fed the
+                       golden continuation (what decode alone predicts at each greedy step)
 plus load_seconds (open_bundle) and first_token_seconds (open to the first prefill's logits).
 A job that fails writes its traceback to out with the suffix .err instead.
 """
@@ -56,6 +58,12 @@ def run(bundle: Path, golden: Path, out: Path) -> None:
         top1 = np.argmax(ex.prefill([0], [forced], last_only=False), axis=-1)
         ex.remove_sequence(0)
         results[f"teacher_{i}"] = np.concatenate([top1[rows], top1[len(prompt) - 1 :]])
+        ex.add_sequence(0)
+        forced_top1 = [int(np.argmax(ex.prefill([0], [prompt])[0]))]
+        for token in want[: len(tokens) - 1]:
+            forced_top1.append(int(np.argmax(ex.decode([0], [token])[0])))
+        ex.remove_sequence(0)
+        results[f"forced_{i}"] = np.asarray(forced_top1, np.int32)
     np.savez(out, **results)
 
 

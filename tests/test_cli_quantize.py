@@ -121,14 +121,19 @@ def test_int4_bundle_matches_the_interpreter_and_inspect_shows_it(tiny_checkpoin
         ["-q", "int4"],
         ["-q", "int4", "--group-size", "128", "--scheme", "asymmetric"],
         ["-q", "int4", "--quantizer", "gptq", "--act-order", "--calibration", "{file}"],
+        ["-q", "int4", "--int4-activations", "float"],
+        ["--int4-activations", "float"],
     ],
 )
 def test_a_bad_bundles_recompile_hint_repeats_the_quantization(tmp_path, args):
-    """The hint's flags, parsed back by the CLI, give the quantization the manifest records."""
+    """The hint's flags, parsed back by the CLI, give the options the manifest records."""
     import shlex
 
     from ferrumc.cli import int4_choice
-    from ferrumc.codegen.bundle import quantize_flags
+    from ferrumc.codegen.bundle import option_flags
+    from ferrumc.codegen.compile import options_record
+    from ferrumc.ir.types import DType
+    from ferrumc.passes.pipeline import CompileOptions
 
     text = tmp_path / "text.txt"
     text.write_text("Some calibration text.")
@@ -138,9 +143,8 @@ def test_a_bad_bundles_recompile_hint_repeats_the_quantization(tmp_path, args):
         """What `ferrumc compile MODEL ARGV` would quantize with, parsed by the CLI itself."""
         params = main.commands["compile"].make_context("compile", ["MODEL", *argv]).params
         keys = ("quantize", "group_size", "scheme", "quantizer", "act_order", "calibration")
-        return int4_choice(**{k: params[k] for k in keys})
+        quantize = int4_choice(**{k: params[k] for k in keys})
+        return options_record(CompileOptions(DType.f32, quantize, params["int4_activations"]))
 
-    chosen = choose(args)
-    record = None if chosen is None else chosen.record()
-    again = choose(shlex.split(quantize_flags(record)))
-    assert (None if again is None else again.record()) == record
+    record = choose(args)
+    assert choose(shlex.split(option_flags(record))) == record

@@ -42,6 +42,7 @@ def build_kernels(out: Path, group: int, rows: int) -> list[dict[str, object]]:
     import tvm
 
     from ferrumc.codegen.int4_cpu import Int4Spec, int4_kernel, int4_tiling
+    from ferrumc.codegen.int4_int8x_cpu import supports
     from ferrumc.codegen.linear_cpu import LinearSpec, linear_kernel, tiling
     from ferrumc.codegen.targets import TARGETS
 
@@ -57,7 +58,7 @@ def build_kernels(out: Path, group: int, rows: int) -> list[dict[str, object]]:
                 "int4": int4_kernel(ispec, int4_tiling(ispec, target.vector_bits)),
                 "f16": linear_kernel(fspec, tiling(fspec, target.vector_bits)),
             }
-            if k % 128 == 0 and "avx512_vnni" in target.features:
+            if supports(ispec) and "avx512_vnni" in target.features:
                 int8x = int4_tiling(ispec, target.vector_bits, int8_activations=True)
                 kernels["int4_int8x"] = int4_kernel(ispec, int8x)
             for kind, func in kernels.items():

@@ -3,6 +3,7 @@
     python tools/perplexity.py smollm2                                    # f32, numpy interpreter
     python tools/perplexity.py smollm2 -q int4 --group-size 64 --quantizer gptq
     python tools/perplexity.py BUNDLE                                     # a compiled bundle
+    python tools/perplexity.py BUNDLE --decode                  # through its decode, token by token
 
 The text is tokenized with the model's tokenizer (no special tokens) and cut into non-overlapping
 windows of --window tokens; each window is scored on its own from an empty context, every token
@@ -69,8 +70,11 @@ def interpreter_scorer(ref: str, dtype: str, quantize) -> tuple[Scorer, Callable
     return score, ctx.tokenize
 
 
-def bundle_scorer(path: Path, window: int) -> tuple[Scorer, Callable[[str], list[int]]]:
-    """The bundle's compiled prefill, logits of every position (runtime/vm.py)."""
+def bundle_scorer(
+    path: Path, window: int, decode: bool = False
+) -> tuple[Scorer, Callable[[str], list[int]]]:
+    """The bundle's compiled prefill, logits of every position (runtime/vm.py); with `decode`,
+    the first token's by prefill and each later one's by a decode step."""
     from ferrumc.passes.calibration import tokenizer_from_json
     from ferrumc.runtime.loader import open_bundle
     from ferrumc.runtime.vm import CacheConfig
@@ -82,7 +86,11 @@ def bundle_scorer(path: Path, window: int) -> tuple[Scorer, Callable[[str], list
     def score(ids: np.ndarray) -> np.ndarray:
         executor.add_sequence(0)
         try:
-            return executor.prefill([0], [ids.tolist()], last_only=False)
+            if not decode:
+                return executor.prefill([0], [ids.tolist()], last_only=False)
+            rows = [executor.prefill([0], [ids[:1].tolist()])[0]]
+            rows += [executor.decode([0], [int(t)])[0] for t in ids[1:]]
+            return np.stack(rows)
         finally:
             executor.remove_sequence(0)
 
@@ -103,15 +111,33 @@ def negative_log_likelihood(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
 @click.option("--window", type=int, default=256, show_default=True, help="Tokens per window.")
 @click.option("--windows", type=int, help="Score only the first N windows (default: all).")
 @quantize_options
-def main(model: str, dtype: str, window: int, windows: int | None, **int4: object) -> None:
+@click.option(
+    "--decode",
+    is_flag=True,
+    help="Bundle: score every token after the first through the compiled decode, one at a time "
+    "(int4 decode rounds x to int8 unless compiled with --int4-activations float).",
+)
+def main(
+    model: str,
+    dtype: str,
+    window: int,
+    windows: int | None,
+    decode: bool,
+    int4_activations: str,
+    **int4: object,
+) -> None:
     quantize = int4_choice(**int4)  # type: ignore[arg-type]
+    if int4_activations != "int8":
+        raise click.UsageError("--int4-activations is chosen at compile time; score the bundle")
     start = time.perf_counter()
     if (Path(model) / "manifest.json").is_file():
         if quantize is not None:
             raise click.UsageError("a bundle is already compiled: drop -q and its options")
-        score, tokenize = bundle_scorer(Path(model), window)
-        how = "bundle"
+        score, tokenize = bundle_scorer(Path(model), window, decode)
+        how = "bundle decode" if decode else "bundle"
     else:
+        if decode:
+            raise click.UsageError("--decode scores a compiled bundle; compile MODEL first")
         score, tokenize = interpreter_scorer(model, dtype, quantize)
         how = "interpreter"
     chunks = token_windows(tokenize(read_text(HELDOUT)), window, windows)

@@ -17,6 +17,7 @@ from ...ir.ops import (
     Attention,
     Cast,
     Embedding,
+    Int4Embedding,
     Int4Linear,
     Linear,
     Mul,
@@ -31,6 +32,10 @@ from ...ir.verify import verify
 from ..config import DecoderConfig
 from ..model import QuantizedLinear
 from .spec import SparseMLP
+
+# The token embedding's name in `quantized` when its table is stored in int4 (GGUF Q4_0 / Q4_1):
+# its weights are embed.qweight, embed.scales (and embed.zeros).
+EMBED = "embed"
 
 
 class Layers:
@@ -72,13 +77,7 @@ class Layers:
         """The linear `name` on int4 weights as stored (scales and zeros are not cast: the op
         dequantizes in f32 whatever their dtype)."""
         g, symmetric = quant.format.group_size, quant.format.symmetric
-        ins = [
-            x,
-            self.b.weight(f"{name}.qweight", DType.u4, (out, inp)),
-            self.b.weight(f"{name}.scales", quant.scale_dtype, (out, inp // g)),
-        ]
-        if not symmetric:
-            ins.append(self.b.weight(f"{name}.zeros", DType.f32, (out, inp // g)))
+        ins = [x, *self.int4_matrix(name, quant, out, inp)]
         if quant.perm is not None:
             ins.append(self.b.weight(quant.perm, DType.i32, (inp,)))
         if bias:
@@ -87,6 +86,28 @@ class Layers:
             group_size=g, has_zeros=not symmetric, has_perm=quant.perm is not None, has_bias=bias
         )
         return self.op(op, *ins)
+
+    def int4_matrix(self, name: str, quant: QuantizedLinear, rows: int, cols: int) -> list[Value]:
+        """The int4 weights of the matrix `name`: codes, scales and (asymmetric) zeros."""
+        g = quant.format.group_size
+        ins = [
+            self.b.weight(f"{name}.qweight", DType.u4, (rows, cols)),
+            self.b.weight(f"{name}.scales", quant.scale_dtype, (rows, cols // g)),
+        ]
+        if not quant.format.symmetric:
+            ins.append(self.b.weight(f"{name}.zeros", DType.f32, (rows, cols // g)))
+        return ins
+
+    def embedding(self, tokens: Value) -> Value:
+        """The token embedding lookup; an int4 table (`quantized["embed"]`) is gathered as stored."""
+        v, c = self.c.vocab_size, self.c.hidden_size
+        if EMBED in self.quantized:
+            quant = self.quantized[EMBED]
+            table = self.int4_matrix(EMBED, quant, v, c)
+            fmt = quant.format
+            op = Int4Embedding(group_size=fmt.group_size, has_zeros=not fmt.symmetric)
+            return self.op(op, *table, tokens)
+        return self.op(Embedding(), self.weight("embed.weight", v, c), tokens)
 
     def rms_norm(self, x: Value, name: str) -> Value:
         dim = x.tensor.shape[-1]
@@ -138,7 +159,8 @@ def build_decoder(
     quantized: Mapping[str, QuantizedLinear] | None = None,
 ) -> Graph:
     """forward(tokens i32[seq], positions i32[seq]) -> logits f32[seq, V]; the linears named in
-    `quantized` ("layers.0.attn.q", "lm_head", ...) are int4_linear on their stored int4 weights."""
+    `quantized` ("layers.0.attn.q", "lm_head", ...) are int4_linear on their stored int4 weights,
+    and `quantized["embed"]` makes the lookup (and a tied head) read the table in int4."""
     if config.hidden_act not in ("silu", "swish"):
         raise UnsupportedModel(
             f"{config.model_type}: hidden_act {config.hidden_act!r} is not supported; valid: silu"
@@ -149,7 +171,7 @@ def build_decoder(
     c = config
     tokens = L.b.input("tokens", TensorType(DType.i32, ("seq",)))
     positions = L.b.input("positions", TensorType(DType.i32, ("seq",)))
-    x = L.op(Embedding(), L.weight("embed.weight", c.vocab_size, c.hidden_size), tokens)  # [T, C]
+    x = L.embedding(tokens)  # [T, C]
     for i in range(c.num_layers):
         x = L.add(x, attention(L, i, L.rms_norm(x, f"layers.{i}.attn_norm.weight"), positions))
         h = L.rms_norm(x, f"layers.{i}.mlp_norm.weight")
@@ -159,7 +181,10 @@ def build_decoder(
         else:
             x = L.add(x, mlp(L, i, h))
     x = L.rms_norm(x, "norm.weight")
-    if c.tie_word_embeddings and "lm_head" not in L.quantized:
+    if c.tie_word_embeddings and EMBED in L.quantized:
+        # The tied head reads the int4 table the lookup reads: one copy of it in the bundle.
+        logits = L.int4_linear(x, EMBED, L.quantized[EMBED], c.vocab_size, c.hidden_size, False)
+    elif c.tie_word_embeddings and "lm_head" not in L.quantized:
         logits = L.op(Linear(), x, L.weight("embed.weight", c.vocab_size, c.hidden_size))
     else:
         logits = L.linear(x, "lm_head", c.vocab_size, c.hidden_size)  # logits: [T, V]

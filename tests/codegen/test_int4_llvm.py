@@ -17,10 +17,12 @@ import pytest
 import tvm
 
 from ferrumc.codegen.int4_cpu import Int4Spec, int4_kernel, int4_tiling
+from ferrumc.codegen.int4_int8x_cpu import int8x_reference
+from ferrumc.codegen.linear_cpu import GEMV_ROWS
 from ferrumc.codegen.targets import TARGETS
 from ferrumc.ir.int4 import pack_int4
 
-ROWS = [1, 3, 8, 17, 64]
+ROWS = [1, 2, 3, 6, 8, 17, 64]
 # Output rounding is one ulp of x's dtype; f32 accumulation order differs from numpy's.
 RTOL = {"float32": 2e-6, "float16": 1e-3, "bfloat16": 8e-3}
 INT8_X_RTOL = 1.5e-2
@@ -42,6 +44,9 @@ def _build(spec: Int4Spec, vector_bits: int, int8_activations: bool = False) -> 
         (Int4Spec(16, 128, 32, "float16", "float16", zero_dtype="float16"), 256, False),
         (Int4Spec(32, 128, 32, "bfloat16", "bfloat16", bias_dtype="bfloat16"), 512, False),
         (Int4Spec(64, 384, 32, "float16", "float16", None, "float16", True), 512, True),
+        (Int4Spec(40, 576, 64, "float32", "float16", "float32"), 512, True),
+        (Int4Spec(24, 320, 32, "float16", "float16", "float16", "float32"), 512, True),
+        (Int4Spec(16, 512, 128, "float32", "float32", None, None, True), 512, True),
     ],
     ids=[
         "sym-g32-bias",
@@ -50,6 +55,9 @@ def _build(spec: Int4Spec, vector_bits: int, int8_activations: bool = False) -> 
         "avx2-asym-g32",
         "bf16-bias",
         "int8x-g32-bias-perm",
+        "int8x-asym-g64-k576",
+        "int8x-asym-g32-bias-k320",
+        "int8x-g128-perm",
     ],
 )
 def test_kernel_matches_numpy_dequantize_then_matmul(
@@ -64,7 +72,10 @@ def test_kernel_matches_numpy_dequantize_then_matmul(
     inputs = [pack_int4(q), scales]
     zero = np.float32(8)
     if spec.zero_dtype:
+        # Integer zero points, as GPTQ and AWQ store; the int8-x cases take Q4_1's float ones.
         zeros = rng.integers(0, 16, (n, k // g)).astype(NUMPY[spec.zero_dtype])
+        if int8_activations:
+            zeros = rng.uniform(0, 15, (n, k // g)).astype(NUMPY[spec.zero_dtype])
         inputs.append(zeros)
         zero = np.repeat(zeros.astype(np.float32), g, axis=1)
     perm = rng.permutation(k).astype(np.int32)
@@ -81,9 +92,15 @@ def test_kernel_matches_numpy_dequantize_then_matmul(
         want = xs.astype(np.float64) @ w.astype(np.float64).T
         want += bias.astype(np.float64) if spec.bias_dtype else 0
         got = y.numpy().astype(np.float64)
-        # x quantized to int8 per block of 32 (decode only): errors of ~amax / 254 per input.
-        rtol = INT8_X_RTOL if int8_activations and m == 1 else RTOL[spec.x_dtype]
-        tol = rtol * np.abs(want).max() + 1e-6
+        if int8_activations and m <= GEMV_ROWS:
+            # Decode (up to GEMV_ROWS rows) rounds x to int8 per block of 32: near the exact product, and equal (up to
+            # f32 summation order and output rounding) to that rounding done in numpy.
+            tol = INT8_X_RTOL * np.abs(want).max()
+            assert np.abs(got - want).max() <= tol, f"{np.abs(got - want).max()} > {tol}"
+            zeros_ = inputs[2] if spec.zero_dtype else np.float32(8)
+            want = np.stack([int8x_reference(row, q, scales, zeros_, g) for row in xs])
+            want += bias.astype(np.float64) if spec.bias_dtype else 0
+        tol = RTOL[spec.x_dtype] * np.abs(want).max() + 1e-6
         assert np.abs(got - want).max() <= tol, f"m={m}: {np.abs(got - want).max()} > {tol}"
 
 
@@ -100,5 +117,8 @@ def test_decode_loop_uses_vpermps_and_fma():
     asm = _build(spec, 512).inspect_source("asm")
     assert re.search(r"vperm[dps]+\t%zmm", asm) and "vfmadd231ps\t%zmm" in asm
     assert "vpdpbusd" not in asm
-    # With int8 activations: VNNI dot products (symmetric weights, K a multiple of 128).
+    # With int8 activations: VNNI dot products; a K % 128 = 64 tail takes ymm ones.
     assert "vpdpbusd\t%zmm" in _build(spec, 512, int8_activations=True).inspect_source("asm")
+    tail = Int4Spec(64, 320, 64, "float32", "float16", "float16")
+    asm = _build(tail, 512, int8_activations=True).inspect_source("asm")
+    assert "vpdpbusd\t%zmm" in asm and "vpdpbusd\t%ymm" in asm

@@ -63,15 +63,17 @@ def test_keep_int4_graph_matches_the_dequantized_model(arch: str, qtype: Q, tmp_
     fmt = Int4Format(32, symmetric=qtype == Q.Q4_0)
     assert {q.format for q in int4.quantized.values()} == {fmt}
     assert "lm_head" in int4.quantized and "layers.1.attn.v" not in int4.quantized
-    assert len(int4.quantized) == 2 * 7  # 7 linears a layer, minus one F16, plus lm_head
-    assert int4.weights.types["embed.weight"] == TensorType(
-        DType.f32, (dense.config.vocab_size, 64)
-    )
+    # 7 linears a layer, minus one F16, plus lm_head and the embedding table.
+    assert len(int4.quantized) == 2 * 7 + 1
+    vocab = dense.config.vocab_size
+    assert "embed.weight" not in int4.weights.types  # the lookup reads the int4 table
+    assert int4.weights.types["embed.qweight"] == TensorType(DType.u4, (vocab, 64))
     assert int4.weights.types["layers.0.attn.q.qweight"] == TensorType(DType.u4, (64, 64))
     assert int4.weights.storage["layers.0.attn.q.qweight"] == qtype.name
     graph = int4.graph()
     assert int4.weights.types == graph.weight_types()
     assert graph.count(ops.Int4Linear) == 14 and graph.count(ops.Linear) == 1
+    assert graph.count(ops.Int4Embedding) == 1 and graph.count(ops.Embedding) == 0
     want = forward_logits(dense.graph(), dense.weights.load, PROMPT)
     got = forward_logits(graph, int4.weights.load, PROMPT)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
@@ -98,16 +100,57 @@ def test_other_types_are_unaffected_and_unsupported_ones_refused(tmp_path: Path)
 
 
 @pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1], ids=lambda q: q.name)
-def test_a_tied_int4_embedding_feeds_an_int4_output_head(qtype: Q, tmp_path: Path) -> None:
+def test_a_tied_int4_embedding_feeds_the_lookup_and_the_output_head(
+    qtype: Q, tmp_path: Path
+) -> None:
     path = tmp_path / "m.gguf"
     write_tiny_gguf(path, TinyGGUF(arch="llama", storage=qtype, tied=True))
     dense, int4 = load_gguf(path), load_gguf(path, keep_int4=True)
-    assert dense.config.tie_word_embeddings and "lm_head" in int4.quantized
+    assert dense.config.tie_word_embeddings and "embed" in int4.quantized
     vocab = dense.config.vocab_size
-    assert int4.weights.types["lm_head.qweight"] == TensorType(DType.u4, (vocab, 64))
-    assert int4.weights.types["embed.weight"] == TensorType(DType.f32, (vocab, 64))  # the lookup
+    # One int4 table, no float one: the lookup gathers its rows, the head multiplies by it.
+    assert int4.weights.types["embed.qweight"] == TensorType(DType.u4, (vocab, 64))
+    assert not {"embed.weight", "lm_head.qweight"} & set(int4.weights.types)
     graph = int4.graph()
+    assert int4.weights.types == graph.weight_types()
     assert graph.count(ops.Linear) == 0 and graph.count(ops.Int4Linear) == 2 * 7 + 1
+    (lookup,) = [n for n in graph.nodes if isinstance(n.op, ops.Int4Embedding)]
+    head = graph.outputs["logits"].node
+    assert isinstance(head.op, ops.Int4Linear) and head.inputs[1:] == lookup.inputs[:-1]
     want = forward_logits(dense.graph(), dense.weights.load, PROMPT)
     got = forward_logits(graph, int4.weights.load, PROMPT)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("qtype", "tied"), [(Q.Q4_0, True), (Q.Q4_1, False)])
+def test_an_int4_bundle_stores_no_float_embedding_and_matches_the_interpreter(
+    qtype: Q, tied: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ferrumc compile x.gguf -q int4`: the embedding table is stored as its int4 codes (plus
+    scales), and the compiled prefill and decode give the interpreter's logits."""
+    pytest.importorskip("tvm")
+    from click.testing import CliRunner
+
+    from ferrumc.cli import main
+    from ferrumc.runtime.loader import open_bundle
+
+    monkeypatch.setenv("FERRUMC_CACHE_DIR", str(tmp_path / "cache"))
+    path, out = tmp_path / "m.gguf", tmp_path / "m.ferrum"
+    write_tiny_gguf(path, TinyGGUF(arch="llama", storage=qtype, tied=tied))
+    # Exact decode (x not rounded to int8), to compare with the interpreter's f32 math.
+    argv = ["compile", str(path), "-q", "int4", "--int4-activations", "float", "-o", str(out)]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 0, result.output
+    bundle = open_bundle(out)
+    params = {p.name: (p.dtype, tuple(p.shape)) for p in bundle.manifest.params}
+    vocab = bundle.config.vocab_size
+    assert "embed.weight" not in params and params["embed.qweight"] == ("u4", (vocab, 64))
+    # Every [vocab, hidden] matrix is stored as int4 codes (the embedding's; lm_head's if untied).
+    assert {dtype for dtype, shape in params.values() if shape == (vocab, 64)} == {"u4"}
+    loaded = load_gguf(path, keep_int4=True)
+    want = forward_logits(loaded.graph(), loaded.weights.load, [*PROMPT, 9])
+    ex = bundle.executor
+    ex.add_sequence(0)
+    got = np.concatenate([ex.prefill([0], [PROMPT], last_only=False), ex.decode([0], [9])])
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())

@@ -34,6 +34,14 @@ def every_op_graph() -> Graph:
     positions = b.input("positions", TensorType(I32, ("seq",)))
     cache = b.input("kv_cache", KVCacheType(2, 1, 4, F32))
     x = b.emit(O.Embedding(), b.weight("embed.weight", F32, (16, 8)), tokens)
+    x4 = b.emit(
+        O.Int4Embedding(group_size=4, has_zeros=True),
+        b.weight("embed4.qweight", DType.u4, (16, 8)),
+        b.weight("embed4.scales", DType.f16, (16, 2)),
+        b.weight("embed4.zeros", F32, (16, 2)),
+        tokens,
+    )
+    x = b.emit(O.Add(), x, x4)
     h = b.emit(O.RMSNorm(eps=1e-5), x, b.weight("norm.weight", F32, (8,)))
     q = b.emit(
         O.Linear(has_bias=True), h, b.weight("q.weight", F32, (8, 8)), b.weight("q.bias", F32, (8,))
@@ -231,6 +239,46 @@ INFER_ERRORS = [
         O.Linear(),
         [T(F32, (2, 4)), T(F32, (3, 5))],
         "x f32[2,4] and weight f32[3,5] disagree on the input dim: 4 != 5",
+    ),
+    (
+        O.Int4Embedding(group_size=4),
+        [T(DType.u4, (5, 8)), T(F32, (5, 2)), T(F32, (3,))],
+        "ids must be i32, got f32[3]",
+    ),
+    (
+        O.Int4Embedding(group_size=4),
+        [T(F32, (5, 8)), T(F32, (5, 2)), T(I32, (3,))],
+        "qweight must be u4[vocab, hidden], got f32[5,8]",
+    ),
+    (
+        O.Int4Embedding(group_size=3),
+        [T(DType.u4, (5, 8)), T(F32, (5, 2)), T(I32, (3,))],
+        "hidden dim 8 is not a multiple of group size 3",
+    ),
+    (
+        O.Int4Embedding(group_size=4),
+        [T(DType.u4, (5, 8)), T(F32, (4, 2)), T(I32, (3,))],
+        "scales f32[4,2] must be [5,2]",
+    ),
+    (
+        O.Int4Embedding(group_size=4, has_zeros=True),
+        [T(DType.u4, (5, 8)), T(F32, (5, 2)), T(F32, (5, 1)), T(I32, (3,))],
+        "zeros f32[5,1] must be [5,2]",
+    ),
+    (
+        O.Int4Embedding(group_size=4, has_zeros=True),
+        [T(DType.u4, (5, 8)), T(F32, (5, 2)), T(I32, (3,))],
+        "int4_embedding takes 4 inputs, got 3",
+    ),
+    (
+        O.Int4Embedding(group_size=4, dtype=DType.i32),
+        [T(DType.u4, (5, 8)), T(F32, (5, 2)), T(I32, (3,))],
+        "dtype must be a float, got i32",
+    ),
+    (
+        O.Int4Embedding(group_size=0),
+        [T(DType.u4, (5, 8)), T(F32, (5, 2)), T(I32, (3,))],
+        "group size must be positive, got 0",
     ),
     (O.Linear(), [T(F32, (2, 4)), T(I32, (3, 4))], "weight must be a float tensor, got i32[3,4]"),
     (

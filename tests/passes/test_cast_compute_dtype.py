@@ -57,6 +57,34 @@ graph forward(%tokens: i32[seq], %scale: f32[seq,8]) {
 }
 """
 
+# A GGUF Q4_1 embedding read in int4 by the lookup (and here a float head).
+INT4_EMBEDDING = """
+graph forward(%tokens: i32[seq]) {
+  %embed.qweight = weight : u4[16,64]
+  %embed.scales = weight : f16[16,2]
+  %embed.zeros = weight : f32[16,2]
+  %0 = int4_embedding(%embed.qweight, %embed.scales, %embed.zeros, %tokens) group_size=32 has_zeros=true dtype="f32" : f32[seq,64]
+  %lm_head.weight = weight : f32[16,64]
+  %1 = linear(%0, %lm_head.weight) has_bias=false : f32[seq,16]
+  return logits=%1
+}
+"""
+
+# The lookup produces bf16 itself; its scales and zeros are read as stored, uncast.
+EXPECTED_INT4_EMBEDDING_BF16 = """
+graph forward(%tokens: i32[seq]) {
+  %embed.qweight = weight : u4[16,64]
+  %embed.scales = weight : f16[16,2]
+  %embed.zeros = weight : f32[16,2]
+  %0 = int4_embedding(%embed.qweight, %embed.scales, %embed.zeros, %tokens) group_size=32 has_zeros=true dtype="bf16" : bf16[seq,64]
+  %lm_head.weight = weight : f32[16,64]
+  %1 = cast(%lm_head.weight) dtype="bf16" : bf16[16,64]
+  %2 = linear(%0, %1) has_bias=false : bf16[seq,16]
+  %3 = cast(%2) dtype="f32" : f32[seq,16]
+  return logits=%3
+}
+"""
+
 PAGED = """
 graph prefill(%q: f32[seq,2,4], %kv_cache: kvcache<layers=1,kv_heads=1,head_dim=4,f32>) {
   %0 = paged_attention(%q, %q, %q, %kv_cache) layer=0 num_heads=2 num_kv_heads=2 scale=0.5 sliding_window=null form="prefill" : f32[seq,2,4]
@@ -84,6 +112,11 @@ def test_bf16_drops_no_op_casts(passes):
 
 def test_back_to_f32_restores_the_graph(passes):
     passes.check(CastComputeDType(DType.f32), EXPECTED_F16, BEFORE)
+
+
+def test_int4_embedding_computes_in_dtype_from_stored_scales(passes):
+    passes.check(CastComputeDType(DType.bf16), INT4_EMBEDDING, EXPECTED_INT4_EMBEDDING_BF16)
+    passes.check_idempotent(CastComputeDType(DType.bf16), INT4_EMBEDDING)
 
 
 def test_retypes_the_kv_cache(passes):

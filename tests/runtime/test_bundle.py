@@ -65,7 +65,7 @@ def test_manifest_records_the_model_the_target_and_the_compile(llama_bundle, tin
     m = read_manifest(llama_bundle)
     loaded = load_hf(tiny_checkpoint("llama"))
     assert m.model["config"]["num_layers"] == loaded.config.num_layers
-    assert m.options == {"dtype": "f32", "quantize": None}
+    assert m.options == {"dtype": "f32", "quantize": None, "int4_activations": "int8"}
     assert m.target["name"] == "llvm" and m.target["target"]["kind"] == "llvm"
     assert set(m.entry_points) == {"prefill", "decode"}
     # The compiled prefill projects only the rows the runtime asks for (select-logit-rows).
@@ -250,8 +250,8 @@ def test_file_hashes_are_remembered_by_size_and_mtime(tmp_path, monkeypatch):
     model = tmp_path / "m.gguf"
     model.write_bytes(b"weights")
     calls = []
-    real = cache.sha256_file
-    monkeypatch.setattr(cache, "sha256_file", lambda p: calls.append(p) or real(p))
+    real = cache.sha256_of
+    monkeypatch.setattr(cache, "sha256_of", lambda p: calls.append(p) or real(p))
     first = cache.model_identity(model)
     assert cache.model_identity(model) == first and len(calls) == 1  # the fast path
     model.write_bytes(b"other weights")  # new size and mtime: hashed again

@@ -1,0 +1,306 @@
+"""Paged decode attention for CPU (`batch_decode_paged_kv_cpu`): one query row per sequence.
+
+A decode step of one sequence has only 2-3 KV heads to share among the threads, and at a
+context of a few hundred tokens the whole call is a few microseconds of arithmetic, less than
+waking TVM's thread pool (~3-10 us on 2 shared cores). So:
+- each (sequence, KV head)'s pages are cut into `n_split` runs (DECODE_TASKS / Hkv), each
+  task keeping its own running max, sum and output (online softmax over pages of 16 keys,
+  head dim in vector lanes); the runs are merged by log-sum-exp at the end, where TVM's
+  initial state (max -5e4, sum 1) is added back so that results equal TVM's kernel's;
+- below SERIAL_WORK (key, query head) pairs the tasks run on the calling thread;
+- nothing is allocated per task or per key (TVM allocates each sblock-local buffer from its
+  workspace pool per loop iteration): the scratch is allocated once per call;
+- a page's 16 scores come out of one transposing shuffle-add tree, its 16 weights out of one
+  vector exp2 (a polynomial: libm's exp2f was called once per key), and its weighted value
+  rows are summed in registers, one store per page instead of one per key.
+The old kernel (parallel over (sequence, KV head), a horizontal sum and an exp2f call per key,
+two workspace allocations per key) took 27-41 us at 130 keys with SmolLM2's heads; this one
+~16 us serially on the same loaded 2 cores (test_attention_decode_cpu.py checks it against
+numpy). Rotary inside the cache is not supported (rotary_mode must be 0): ferrumc applies it
+in the graph.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tvm import tirx
+from tvm.script import tirx as T
+
+F32 = "float32"
+LOG2E = math.log2(math.e)
+# TVM's kernels start the running max at -5e4 and the running sum at 1: kept for equal results.
+M_INIT, D_INIT = -5e4, 1.0
+# The score of a row past a page's last token: its weight 2^(MASKED - max) is exactly 0.
+MASKED = -3.0e38
+# Tasks one sequence's decode is cut into (runs per (sequence, KV head): DECODE_TASKS / Hkv).
+DECODE_TASKS = 16
+# (key, query head) pairs below which a call runs serially.
+SERIAL_WORK = 4096
+
+
+def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 16) -> tirx.PrimFunc:
+    """TVM's `batch_decode_paged_kv_cpu` signature and results (output, base-2 lse)."""
+    group = h_q // h_kv
+    lanes = next(n for n in (16, 8, 4, 2, 1) if d % n == 0)
+
+    # Runs per (sequence, KV head): a constant, since dividing by a symbolic count makes
+    # TVM's arithmetic analysis take minutes to build the kernel.
+    n_split = max(1, -(-DECODE_TASKS // h_kv))
+
+    vec = f"float32x{lanes}"
+
+    def dot(qs, b, h, pages, page, hk, r):
+        """q . k_r as a vector of `lanes` partial sums (q pre-scaled to base 2)."""
+        acc = qs[b, h, T.Ramp(0, 1, lanes)] * T.Cast(
+            vec, pages[page, 0, hk, r, T.Ramp(0, 1, lanes)]
+        )
+        for c in range(1, d // lanes):
+            ramp = T.Ramp(c * lanes, 1, lanes)
+            acc = acc + qs[b, h, ramp] * T.Cast(vec, pages[page, 0, hk, r, ramp])
+        return acc
+
+    # The block's scores as one vector: with a vector per key as wide as the page, a
+    # transposing shuffle-add tree (~3 operations per key) replaces a horizontal sum per
+    # key (~9). Rows past the page's last token get MASKED (their memory holds garbage).
+    def block_scores(qs, b, h, pages, page, hk, rows):
+        keys = T.Ramp(0, 1, page_size)
+        if lanes == page_size:
+            sums = _transpose_sum([dot(qs, b, h, pages, page, hk, r) for r in range(page_size)])
+        else:
+            sums = T.Shuffle(
+                [_lane_sum(dot(qs, b, h, pages, page, hk, r), lanes) for r in range(page_size)],
+                list(range(page_size)),
+            )
+        return T.Select(
+            keys < T.Broadcast(rows, page_size), sums, T.Broadcast(T.float32(MASKED), page_size)
+        )
+
+    # The block's weighted value rows for head-dim chunk c, as one expression, so that the
+    # sum stays in registers; in a partial page the rows past the last token are selected
+    # away (weight 0 times garbage may be NaN).
+    def weighted_values(weights, t, pages, page, hk, c, rows, partial):
+        ramp = T.Ramp(c * lanes, 1, lanes)
+        total = None
+        for r in range(page_size):
+            row = T.Cast(vec, pages[page, 1, hk, r, ramp])
+            if partial:
+                row = T.Select(T.Broadcast(r < rows, lanes), row, T.Broadcast(T.float32(0), lanes))
+            term = T.Broadcast(weights[t, r], lanes) * row
+            total = term if total is None else total + term
+        return total
+
+    @T.macro
+    def update_values(t, g, pages, page, hk, rows, scale, acc_o, score, partial):
+        for c in T.unroll(d // lanes):
+            acc_o[t, g, T.Ramp(c * lanes, 1, lanes)] = acc_o[
+                t, g, T.Ramp(c * lanes, 1, lanes)
+            ] * T.Broadcast(scale, lanes) + weighted_values(
+                score, t, pages, page, hk, c, rows, partial
+            )
+
+    @T.macro
+    def run(t, pages, indptr, values, last_len, qs, acc_o, acc_m, acc_den, score, top):
+        b: T.let[T.int32] = t // (h_kv * n_split)
+        hk: T.let[T.int32] = t // n_split % h_kv
+        page_begin: T.let[T.int32] = indptr[b]
+        n_pages: T.let[T.int32] = indptr[b + 1] - page_begin
+        per: T.let[T.int32] = (n_pages + n_split - 1) // n_split
+        p_lo: T.let[T.int32] = T.min(t % n_split * per, n_pages)
+        p_hi: T.let[T.int32] = T.min(p_lo + per, n_pages)
+        for g in range(group):
+            for dd in T.vectorized(d):
+                acc_o[t, g, dd] = T.float32(0)
+            acc_m[t, g] = T.float32(M_INIT)
+            acc_den[t, g] = T.float32(0)
+        for p in range(p_hi - p_lo):
+            page: T.let[T.int32] = values[page_begin + p_lo + p]
+            rows: T.let[T.int32] = T.if_then_else(p_lo + p == n_pages - 1, last_len[b], page_size)
+            for g in range(group):
+                # scores (q pre-scaled to base 2), the new running max, then the block's
+                # weights in place of its scores
+                score[t, T.Ramp(0, 1, page_size)] = block_scores(
+                    qs, b, hk * group + g, pages, page, hk, rows
+                )
+                top[t] = T.max(
+                    acc_m[t, g], _lane_sum(score[t, T.Ramp(0, 1, page_size)], page_size, T.Max)
+                )
+                scale: T.let[T.float32] = T.exp2(acc_m[t, g] - top[t])
+                score[t, T.Ramp(0, 1, page_size)] = _exp2(
+                    score[t, T.Ramp(0, 1, page_size)] - T.Broadcast(top[t], page_size), page_size
+                )
+                acc_den[t, g] = acc_den[t, g] * scale + _lane_sum(
+                    score[t, T.Ramp(0, 1, page_size)], page_size, T.Add
+                )
+                if rows == page_size:
+                    update_values(t, g, pages, page, hk, rows, scale, acc_o, score, False)
+                else:
+                    update_values(t, g, pages, page, hk, rows, scale, acc_o, score, True)
+                acc_m[t, g] = top[t]
+
+    @T.prim_func(s_tir=True)
+    def batch_decode_paged_kv(
+        Q_handle: T.handle,
+        pages_handle: T.handle,
+        page_table_indptr_handle: T.handle,
+        page_table_values_handle: T.handle,
+        var_length_info: T.handle,
+        k_rope_pos_offset_handle: T.handle,
+        q_rope_position_handle: T.handle,
+        output_handle: T.handle,
+        lse_handle: T.handle,
+        rotary_mode: T.int32,
+        rope_scale: T.float32,
+        rope_theta: T.float32,
+        sm_scale: T.float32,
+    ):
+        T.func_attr({"tirx.is_scheduled": True, "global_symbol": "batch_decode_paged_kv_cpu"})
+        B = T.int32()
+        nnz_pages = T.int32()
+        max_num_pages = T.int32()
+        page_indptr_elem_offset = T.int32()
+        page_values_elem_offset = T.int32()
+        k_rope_pos_offset_elem_offset = T.int32()
+        q_rope_position_elem_offset = T.int32()
+        length_info_elem_offset = T.int32()
+        Q = T.match_buffer(Q_handle, (B, h_q, d), dtype)
+        pages = T.match_buffer(pages_handle, (max_num_pages, 2, h_kv, page_size, d), dtype)
+        indptr = T.match_buffer(
+            page_table_indptr_handle, (B + 1,), "int32", elem_offset=page_indptr_elem_offset
+        )
+        values = T.match_buffer(
+            page_table_values_handle, (nnz_pages,), "int32", elem_offset=page_values_elem_offset
+        )
+        k_rope_pos_offset = T.match_buffer(  # noqa: F841 (part of the signature)
+            k_rope_pos_offset_handle, (B,), "int32", elem_offset=k_rope_pos_offset_elem_offset
+        )
+        q_rope_position = T.match_buffer(  # noqa: F841
+            q_rope_position_handle, (B,), "int32", elem_offset=q_rope_position_elem_offset
+        )
+        output = T.match_buffer(output_handle, (B, h_q, d), dtype)
+        lse = T.match_buffer(lse_handle, (B, h_q), F32)
+        last_len = T.match_buffer(
+            var_length_info, (B,), "int32", elem_offset=length_info_elem_offset
+        )
+        assert rotary_mode == 0, "ferrumc's CPU attention expects rotary in the graph"
+
+        with T.sblock("decode"):
+            T.reads(Q[0:B, 0:h_q, 0:d], pages[0:max_num_pages, 0:2, 0:h_kv, 0:page_size, 0:d])
+            T.writes(output[0:B, 0:h_q, 0:d], lse[0:B, 0:h_q])
+            # Scratch, once per call: the scaled queries, then per task its running output,
+            # max and sum, its block's scores (then weights) and new max.
+            qs = T.sblock_alloc_buffer((B, h_q, d), F32)
+            acc_o = T.sblock_alloc_buffer((B * h_kv * n_split, group, d), F32)
+            acc_m = T.sblock_alloc_buffer((B * h_kv * n_split, group), F32)
+            acc_den = T.sblock_alloc_buffer((B * h_kv * n_split, group), F32)
+            score = T.sblock_alloc_buffer((B * h_kv * n_split, page_size), F32)
+            top = T.sblock_alloc_buffer((B * h_kv * n_split,), F32)
+            merged = T.sblock_alloc_buffer((2,), F32)
+            for b, h in T.grid(B, h_q):
+                for dd in T.vectorized(d):
+                    qs[b, h, dd] = T.Cast(F32, Q[b, h, dd]) * (sm_scale * LOG2E)
+            if nnz_pages * page_size * h_q < SERIAL_WORK:
+                for t in range(B * h_kv * n_split):
+                    run(t, pages, indptr, values, last_len, qs, acc_o, acc_m,
+                        acc_den, score, top)  # fmt: skip
+            else:
+                for t in T.parallel(B * h_kv * n_split):
+                    run(t, pages, indptr, values, last_len, qs, acc_o, acc_m,
+                        acc_den, score, top)  # fmt: skip
+            # Merge a (sequence, KV head)'s runs into run 0, with TVM's initial state.
+            for b, hk, g in T.grid(B, h_kv, group):
+                t0: T.let[T.int32] = (b * h_kv + hk) * n_split
+                merged[0] = T.float32(M_INIT)
+                for sp in range(n_split):
+                    merged[0] = T.max(merged[0], acc_m[t0 + sp, g])
+                merged[1] = T.float32(D_INIT) * T.exp2(T.float32(M_INIT) - merged[0])
+                for sp in range(n_split):
+                    weight: T.let[T.float32] = T.exp2(acc_m[t0 + sp, g] - merged[0])
+                    merged[1] = merged[1] + acc_den[t0 + sp, g] * weight
+                    if sp == 0:
+                        for dd in T.vectorized(d):
+                            acc_o[t0, g, dd] = acc_o[t0, g, dd] * weight
+                    else:
+                        for dd in T.vectorized(d):
+                            acc_o[t0, g, dd] = acc_o[t0, g, dd] + acc_o[t0 + sp, g, dd] * weight
+                for dd in T.vectorized(d):
+                    output[b, hk * group + g, dd] = T.Cast(dtype, acc_o[t0, g, dd] / merged[1])
+                lse[b, hk * group + g] = merged[0] + T.log2(merged[1])
+
+    return batch_decode_paged_kv
+
+
+def _lane_sum(vec: tirx.PrimExpr, lanes: int, combine: type = tirx.Add) -> tirx.PrimExpr:
+    """A vector's lanes combined (summed, or with tirx.Max their max) by halving, each half a
+    register operation (a serial chain of scalar adds, or halving through memory, costs as
+    much as the dot product itself)."""
+    while lanes > 1:
+        lanes //= 2
+        half = tirx.Var("half", f"float32x{lanes * 2}")
+        low = T.vectorlow(f"float32x{lanes}", half) if lanes > 1 else T.Shuffle([half], [0])
+        high = T.vectorhigh(f"float32x{lanes}", half) if lanes > 1 else T.Shuffle([half], [1])
+        vec = tirx.Let(half, vec, combine(low, high))
+    return vec
+
+
+def _transpose_sum(vectors: list[tirx.PrimExpr]) -> tirx.PrimExpr:
+    """[sum of vectors[i]'s lanes for each i], for n vectors of n lanes (n a power of two).
+
+    Pairs are combined level by level: the low halves of each block of both vectors side by
+    side, plus the high halves, leaves half as many vectors each holding the partial sums of
+    two; after log2(n) levels lane i holds vectors[i]'s sum. n - 1 adds and 2 (n - 1)
+    shuffles in all; each value is used twice, hence the Let bindings."""
+    n = len(vectors)
+    bindings: list[tuple[tirx.Var, tirx.PrimExpr]] = []
+    level, half = list(vectors), n // 2
+    while len(level) > 1:
+        low = [i for block in range(0, 2 * n, 2 * half) for i in range(block, block + half)]
+        high = [i + half for i in low]
+        nxt = []
+        for k in range(0, len(level), 2):
+            a, b = tirx.Var("a", f"float32x{n}"), tirx.Var("b", f"float32x{n}")
+            bindings += [(a, level[k]), (b, level[k + 1])]
+            nxt.append(T.Shuffle([a, b], low) + T.Shuffle([a, b], high))
+        level, half = nxt, half // 2
+    body = level[0]
+    for var, value in reversed(bindings):
+        body = tirx.Let(var, value, body)
+    return body
+
+
+# 2^f on [-0.5, 0.5]: Cephes' exp2f polynomial (relative error below 2e-7, against 6e-8
+# for libm's correctly rounded-ish exp2f), highest power first.
+_EXP2_POLY = (
+    1.535336188319500e-4,
+    1.339887440266574e-3,
+    9.618437357674640e-3,
+    5.550332471162809e-2,
+    2.402264791363012e-1,
+    6.931472028550421e-1,
+    1.0,
+)
+
+
+def _exp2(x: tirx.PrimExpr, lanes: int) -> tirx.PrimExpr:
+    """2^x in vector lanes for x <= 0 (0 below -126): libm's exp2f, called once per lane,
+    was a third of a decode call. 2^x = 2^n * 2^f with n = round(x), the power of two put
+    together in the float's exponent bits."""
+    f32, i32 = f"float32x{lanes}", f"int32x{lanes}"
+    xv = tirx.Var("x", f32)
+    nv = tirx.Var("n", f32)
+    fv = tirx.Var("f", f32)
+    poly = T.Broadcast(T.float32(_EXP2_POLY[0]), lanes)
+    for coef in _EXP2_POLY[1:]:
+        poly = poly * fv + T.Broadcast(T.float32(coef), lanes)
+    bits = T.shift_left(
+        T.Cast(i32, nv) + T.Broadcast(T.int32(127), lanes), T.Broadcast(T.int32(23), lanes)
+    )
+    value = poly * T.reinterpret(f32, bits)
+    clamped = T.max(xv, T.Broadcast(T.float32(-126.0), lanes))
+    body = tirx.Let(
+        nv,
+        T.floor(clamped + T.Broadcast(T.float32(0.5), lanes)),
+        tirx.Let(fv, clamped - nv, value),
+    )
+    zero = T.Broadcast(T.float32(0.0), lanes)
+    return tirx.Let(xv, x, T.Select(xv < T.Broadcast(T.float32(-126.0), lanes), zero, body))
