@@ -1,4 +1,4 @@
-"""Int4 decode with int8 activations on AVX-512 VNNI: the M = 1 path of int4_cpu.py.
+"""Int4 decode with int8 activations on AVX-512 VNNI: int4_cpu.py's paths for M <= 8 rows of x.
 
 x is quantized to int8 per block of 32 inputs (scale dx = amax / 127, as llama.cpp's Q8
 blocks), then each 64 packed bytes of a weight row (128 inputs) take two `vpdpbusd`: the low
@@ -9,10 +9,11 @@ rounding), the trade llama.cpp makes for Q4_0.
 
     y[j] = sum_b cs[j, b] * (sum_{i in b} q[j, i] * xq[i])  -  sum_b cs[j, b] * z[j, b] * xs[b]
 
-with cs[j, b] = s[j, group of b] * dx[b] per row and block, z the zero point (8 when
-symmetric) and xs[b] the sum of block b's int8 codes. `int8x_reference` is the same math in
+with cs[j, b] = s[j, group of b] * dx[b] per row and block, z the zero point and xs[b] the sum
+of block b's int8 codes. Symmetric (z = 8), the second term enters each vpdpbusd lane's start;
+with zero points, it is summed per row over groups. `int8x_reference` is the same math in
 numpy, for tests. Needs K % 64 == 0 and a group size that is a multiple of 32; rows are spread
-over tasks as in the float GEMV.
+over tasks as in the float GEMV, and each packed vector serves every row of x.
 """
 
 from __future__ import annotations
@@ -95,11 +96,11 @@ def int8x_gemv(
         width = lanes * 8 // g  # groups met by the chunk
         if width > 1:
             groups_ = T.Cast(f"float32x{width}", S[row, T.Ramp(c * 128 // g, 1, width)])
-            groups_ = T.Shuffle([groups_] * (lanes // width), [8 * i // g for i in range(lanes)])
+            groups_ = T.Shuffle([groups_] * (lanes // width), [8 * ln // g for ln in range(lanes)])
         else:
             groups_ = T.Broadcast(scale(S, row, c * 128 // g), lanes)
         blocks_ = dx[i, T.Ramp(c * 4, 1, lanes // 4)]
-        return groups_ * T.Shuffle([blocks_] * 4, [i // 4 for i in range(lanes)])
+        return groups_ * T.Shuffle([blocks_] * 4, [ln // 4 for ln in range(lanes)])
 
     @T.macro
     def quantize_x(X, P, xq, dx, xinit, xg, m16, r32, i_):
@@ -124,8 +125,8 @@ def int8x_gemv(
                     xq[i_, xq_index(b, h, i)] = T.Cast("int8", r32[h * 16 + i])
             if bool(symmetric):
                 # The zero point 8 enters as each lane's start: -8 times the sum of its codes.
-                # (Computed here, not in a loop of its own: TVM's storage rewrite then gave
-                # xinit the memory of dx.)
+                # (Computed here: in a loop of its own after this one, xinit ended up sharing
+                # dx's memory and every output was wrong; codegen/NOTES.md.)
                 for t in range(4):
                     xinit[i_, b // 4 * 16 + b % 4 * 4 + t] = T.int32(-8) * T.Cast(
                         "int32",
@@ -173,7 +174,7 @@ def int8x_gemv(
     def gemv_int8x(X, Q, S, Z, B, P, Y, m):
         with T.sblock("int4_gemv_int8x"):
             xq = T.sblock_alloc_buffer((x_rows, k), "int8")
-            dx = T.sblock_alloc_buffer((x_rows, blocks + 16), F32)
+            dx = T.sblock_alloc_buffer((x_rows, blocks), F32)
             xinit = T.sblock_alloc_buffer((x_rows, lanes_total + 8), "int32")
             xg = T.sblock_alloc_buffer((x_rows, groups), F32)
             m16 = T.sblock_alloc_buffer((16,), F32)
