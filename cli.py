@@ -134,6 +134,10 @@ def inspect_bundle(bundle: Path) -> None:
     total = sum(b for _, b in sizes.values())
     parts = [f"{d} {n} ({b / 2**20:.1f} MiB)" for d, (n, b) in sorted(sizes.items())]
     click.echo(f"weights:       {total / 2**20:.1f} MiB: " + ", ".join(parts))
+    if "u4" in sizes:  # int4 weights, quantized here or loaded so
+        x = m.options.get("int4_activations", "float")  # bundles from before the option: float
+        how = "rounded to int8 per 32 inputs where the CPU has VNNI" if x == "int8" else "in float"
+        click.echo(f"int4 decode:   x {how} (--int4-activations {x})")
 
 
 def quantize_options(fn: F) -> F:

@@ -97,6 +97,7 @@ def test_int4_bundle_matches_the_interpreter_and_inspect_shows_it(tiny_checkpoin
     assert result.exit_code == 0, result.output
     assert "quantization:  int4 group 64 asymmetric (rtn)" in result.output
     assert "u4 8 (" in result.output  # qkv, o, gate_up and down of 2 layers
+    assert "int4 decode:   x rounded to int8" in result.output  # the default
 
     ids = np.arange(3, 40, dtype=np.int32)
     executor = open_bundle(bundle).executor
