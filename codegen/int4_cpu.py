@@ -32,7 +32,7 @@ from tvm.script import tirx as T
 
 from . import int4_int8x_cpu
 from .int4_int8x_cpu import int8x_gemv, tasks_per_iteration
-from .linear_cpu import BAND_BYTES, GEMV_ROWS, _largest_divisor
+from .linear_cpu import BAND_BYTES, GEMV_ROWS, _largest_divisor, gemm_band_tiles
 
 F32 = "float32"
 PERMUTE = "llvm.x86.avx512.permvar.sf.512"
@@ -275,6 +275,8 @@ def int4_kernel(spec: Int4Spec, tiles: Int4Tiling) -> tirx.PrimFunc:
 
     # Prefill: x^T panels in the reordered input order, a band of weights dequantized once
     # per task in the same order, then linear_cpu's outer-product register tile.
+    band_tiles = gemm_band_tiles(k, tokens, mr, band, epilogue)
+
     @T.macro
     def gemm(X, Q, S, Z, B, P, Y, m):
         with T.sblock("int4_gemm"):
@@ -309,25 +311,7 @@ def int4_kernel(spec: Int4Spec, tiles: Int4Tiling) -> tirx.PrimFunc:
                                 )
                                 - zero(Z, jo * band + r, gi)
                             )
-                    for p in range((m + tokens - 1) // tokens):
-                        for jt in range(band // mr):
-                            with T.sblock("int4_gemm_tile"):
-                                acc = T.sblock_alloc_buffer((mr, tokens), F32, scope="local")
-                                for r in T.unroll(mr):
-                                    for tok in T.vectorized(tokens):
-                                        acc[r, tok] = T.float32(0)
-                                for kk in range(k):
-                                    for r in T.unroll(mr):
-                                        for tok in T.vectorized(tokens):
-                                            acc[r, tok] = (
-                                                acc[r, tok] + wf[jt * mr + r, kk] * xt[p, kk, tok]
-                                            )
-                                for r in T.unroll(mr):
-                                    for tok in range(tokens):
-                                        if p * tokens + tok < m:
-                                            Y[p * tokens + tok, jo * band + jt * mr + r] = epilogue(
-                                                acc[r, tok], B, jo * band + jt * mr + r
-                                            )
+                    band_tiles(wf, xt, B, Y, m, jo)
 
     # Int8 x: one macro per (weight rows per task, rows of x). Every (weight row, x row) pair
     # holds an accumulator and its operands in registers: 8 or 16 pairs.

@@ -17,6 +17,7 @@ Weights stay in the checkpoint's [N, K] layout, so bundles and the interpreter a
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tvm import relax as rx
@@ -81,6 +82,36 @@ def tiling(spec: LinearSpec, vector_bits: int = 512) -> Tiling:
         tokens=2 * f32_lanes,
         band=band,
     )
+
+
+def gemm_band_tiles(k: int, tokens: int, mr: int, band: int, epilogue: Callable) -> Callable:
+    """The T.macro band_tiles(wf, xt, B, Y, m, jo) of a prefill GEMM task: a band of `band`
+    weight rows, already in f32 as wf[band, k], times every x^T panel xt[panel, k, tokens], in
+    mr x tokens register tiles (an outer product per input); rows jo * band + ... of Y are
+    stored through epilogue(acc, B, row) for the tokens below m. Serves linear_cpu's GEMM and
+    int4_cpu's (which dequantizes its band into wf first)."""
+
+    @T.macro
+    def band_tiles(wf, xt, B, Y, m, jo):
+        for p in range((m + tokens - 1) // tokens):
+            for jt in range(band // mr):
+                with T.sblock("gemm_tile"):
+                    acc = T.sblock_alloc_buffer((mr, tokens), F32, scope="local")
+                    for r in T.unroll(mr):
+                        for tok in T.vectorized(tokens):
+                            acc[r, tok] = T.float32(0)
+                    for kk in range(k):
+                        for r in T.unroll(mr):
+                            for tok in T.vectorized(tokens):
+                                acc[r, tok] = acc[r, tok] + wf[jt * mr + r, kk] * xt[p, kk, tok]
+                    for r in T.unroll(mr):
+                        for tok in range(tokens):
+                            if p * tokens + tok < m:
+                                Y[p * tokens + tok, jo * band + jt * mr + r] = epilogue(
+                                    acc[r, tok], B, jo * band + jt * mr + r
+                                )
+
+    return band_tiles
 
 
 @functools.cache
@@ -185,6 +216,8 @@ def linear_kernel(spec: LinearSpec, tiles: Tiling) -> tirx.PrimFunc:
                                         acc[ii, r, 0], B, r * bstride + jo
                                     )
 
+    band_tiles = gemm_band_tiles(k, tokens, mr, band, epilogue)
+
     @T.macro
     def gemm(X, W, B, Y, m):
         with T.sblock("gemm"):
@@ -205,25 +238,7 @@ def linear_kernel(spec: LinearSpec, tiles: Tiling) -> tirx.PrimFunc:
                             wf[r, ko * lanes + lane] = T.Cast(
                                 F32, W[jo * band + r, ko * lanes + lane]
                             )
-                    for p in range((m + tokens - 1) // tokens):
-                        for jt in range(band // mr):
-                            with T.sblock("gemm_tile"):
-                                acc = T.sblock_alloc_buffer((mr, tokens), F32, scope="local")
-                                for r in T.unroll(mr):
-                                    for tok in T.vectorized(tokens):
-                                        acc[r, tok] = T.float32(0)
-                                for kk in range(k):
-                                    for r in T.unroll(mr):
-                                        for tok in T.vectorized(tokens):
-                                            acc[r, tok] = (
-                                                acc[r, tok] + wf[jt * mr + r, kk] * xt[p, kk, tok]
-                                            )
-                                for r in T.unroll(mr):
-                                    for tok in range(tokens):
-                                        if p * tokens + tok < m:
-                                            Y[p * tokens + tok, jo * band + jt * mr + r] = epilogue(
-                                                acc[r, tok], B, jo * band + jt * mr + r
-                                            )
+                    band_tiles(wf, xt, B, Y, m, jo)
 
     xd, wd, od = spec.x_dtype, spec.w_dtype, spec.out_dtype
     if spec.bias_dtype is None:
