@@ -174,6 +174,18 @@ def write_tokenizer_samples(tokenizer, gguf: Path, path: Path) -> None:
     path.write_text(header + ',\n "samples": [\n  ' + ",\n  ".join(lines) + "\n ]\n}\n")
 
 
+def save_golden(path: Path, name: str, arrays: dict[str, np.ndarray]) -> str:
+    """Write a golden file (the model's name and transformers' version added); returns a line
+    saying its size and smallest greedy margin, flagged when it is a near-tie."""
+    arrays["model"] = np.array(name)
+    arrays["transformers_version"] = np.array(transformers.__version__)
+    np.savez_compressed(path, **arrays)
+    n = int(arrays["num_prompts"])
+    margin = min(float(arrays[f"greedy_margins_{i}"].min()) for i in range(n))
+    flag = "  WARNING: near-tie" if margin < MIN_SAFE_MARGIN else ""
+    return f"{path} ({path.stat().st_size} bytes), smallest greedy margin {margin:.4f}{flag}"
+
+
 def main(argv: list[str] | None = None) -> None:
     names = [*TINY_MODELS, SMOLLM2]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -185,14 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for name in [args.only] if args.only else names:
         arrays = golden_smollm2(args.out) if name == SMOLLM2 else golden_tiny(name)
-        arrays["model"] = np.array(name)
-        arrays["transformers_version"] = np.array(transformers.__version__)
-        path = args.out / f"{name}.npz"
-        np.savez_compressed(path, **arrays)
-        n = int(arrays["num_prompts"])
-        margin = min(float(arrays[f"greedy_margins_{i}"].min()) for i in range(n))
-        flag = "  WARNING: near-tie" if margin < MIN_SAFE_MARGIN else ""
-        print(f"{name}: {path.stat().st_size} bytes, smallest greedy margin {margin:.4f}{flag}")
+        print(f"{name}: {save_golden(args.out / f'{name}.npz', name, arrays)}")
 
 
 if __name__ == "__main__":

@@ -178,13 +178,20 @@ def write(spec: GptqCheckpoint, cache: Path) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(description: str, argv: list[str] | None) -> argparse.Namespace:
+    """--only NAME (repeatable) and --cache DIR, as this tool and make_gptq_goldens.py take
+    them; torch seeded and on 2 threads."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--only", choices=list(CHECKPOINTS), action="append")
     parser.add_argument("--cache", type=Path, default=default_cache())
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(2)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(__doc__.splitlines()[0], argv)
     args.cache.mkdir(parents=True, exist_ok=True)
     for name in args.only or list(CHECKPOINTS):
         out = write(CHECKPOINTS[name], args.cache)

@@ -18,22 +18,20 @@ scale * (q - zero) in f32, not that product rounded to f16: what ferrumc compute
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-import transformers
 from transformers import AutoTokenizer, GPTQConfig
 
 from ferrumc.frontend.pull import sha256_of
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
-from make_goldens import MIN_SAFE_MARGIN, SMOLLM2_CHAT, SMOLLM2_TEXT, load, record, tiny_prompts  # noqa: E402
-from make_gptq import CHECKPOINTS, FIXTURE_DIR, GptqCheckpoint, default_cache  # noqa: E402
+from make_goldens import SMOLLM2_CHAT, SMOLLM2_TEXT, load, record, save_golden, tiny_prompts  # noqa: E402
+from make_gptq import CHECKPOINTS, FIXTURE_DIR, GptqCheckpoint, parse_args  # noqa: E402
 
 SMOLLM2_EXTRA_TEXT = "def fibonacci(n):\n    "  # code: a different part of the model's knowledge
 # gptqmodel's plain torch kernel: dequantize to the activations' dtype, then matmul.
@@ -78,12 +76,7 @@ def golden(spec: GptqCheckpoint, folder: Path) -> dict[str, np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=list(CHECKPOINTS), action="append")
-    parser.add_argument("--cache", type=Path, default=default_cache())
-    args = parser.parse_args(argv)
-    torch.manual_seed(0)
-    torch.set_num_threads(2)
+    args = parse_args(__doc__.splitlines()[0], argv)
     for name in args.only or list(CHECKPOINTS):
         spec = CHECKPOINTS[name]
         folder = (FIXTURE_DIR if spec.is_fixture else args.cache) / name
@@ -91,15 +84,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: no checkpoint at {folder}; run tools/make_gptq.py --only {name}")
             continue
         print(f"{name}: {folder}")
-        arrays = golden(spec, folder)
-        arrays["model"] = np.array(name)
-        arrays["transformers_version"] = np.array(transformers.__version__)
-        path = folder.parent / f"{name}.npz"
-        np.savez_compressed(path, **arrays)
-        n = int(arrays["num_prompts"])
-        margin = min(float(arrays[f"greedy_margins_{i}"].min()) for i in range(n))
-        flag = "  WARNING: near-tie" if margin < MIN_SAFE_MARGIN else ""
-        print(f"  {path} ({path.stat().st_size} bytes), smallest greedy margin {margin:.4f}{flag}")
+        print(f"  {save_golden(folder.parent / f'{name}.npz', name, golden(spec, folder))}")
 
 
 if __name__ == "__main__":
