@@ -1,8 +1,8 @@
 """GPTQ checkpoints loaded as they are: every quantized linear becomes an int4_linear, no float round trip.
 
 Entry point: `load_model(path)` / `load_hf(path)` (frontend/hf.py) reads the quantization config
-with `quantization_config(directory)`; for GPTQ, `load_gptq_weights` returns the quantized linears
-and the WeightSource. The LoadedModel's `quantized` then maps e.g. "layers.0.attn.q" to a
+with `quantization_config(directory, config)`; for GPTQ, `load_gptq_weights` returns the quantized
+linears and the WeightSource. The LoadedModel's `quantized` then maps e.g. "layers.0.attn.q" to a
 QuantizedLinear and `graph()` emits int4_linear reading, per linear (ops.Int4Linear):
   layers.0.attn.q.qweight  u4[N, K]     the 4-bit codes, ferrumc's packing (ir/int4.py)
   layers.0.attn.q.scales   [N, K/g]     in the checkpoint's dtype (f16 usually)

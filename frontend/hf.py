@@ -35,7 +35,8 @@ def load_hf(path: Path) -> LoadedModel:
     stored = stored_dtype(ckpt, arch)
     if stored is not None and stored is not config.weight_dtype:
         config = dataclasses.replace(config, weight_dtype=stored)
-    quant = quantization_config(directory)
+    model_config = read_json(config_path)
+    quant = quantization_config(directory, model_config)
     if quant is None:
         quantized = {}
         expected = build_graph(config).weight_types()
@@ -43,7 +44,6 @@ def load_hf(path: Path) -> LoadedModel:
     else:  # int4 linears stay int4 (frontend/gptq.py)
         quantized, weights = load_gptq_weights(ckpt, arch, config, quant)
     generation = read_json(directory / "generation_config.json")
-    model_config = read_json(config_path)
     return LoadedModel(
         source=directory,
         format="hf",

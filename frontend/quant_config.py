@@ -3,7 +3,6 @@ quantize_config.json beside it; what the int4 loaders (frontend/gptq.py) need, c
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 from ..errors import CheckpointError, UnsupportedModel
 from ..ir.int4 import Int4Format
+from .hf_tokenizer import read_json
 
 METHODS = ("gptq", "awq")
 GPTQ_VERSIONS = ("gptq", "gptq_v2")  # v1 stores zero points minus one, v2 as they are
@@ -33,26 +33,16 @@ class QuantConfig:
         return Int4Format(self.group_size, self.symmetric)
 
 
-def quantization_config(directory: Path) -> QuantConfig | None:
-    """The quantization config of the checkpoint in `directory`, or None for a float checkpoint."""
-    config_path = Path(directory) / "config.json"
-    raw = _read(config_path)
-    if isinstance(raw.get("quantization_config"), Mapping):
-        return parse_quant_config(raw["quantization_config"], f"{config_path} quantization_config")
+def quantization_config(directory: Path, config: Mapping[str, Any]) -> QuantConfig | None:
+    """The quantization config of the checkpoint in `directory` whose config.json holds
+    `config`, or None for a float checkpoint."""
+    if isinstance(config.get("quantization_config"), Mapping):
+        where = f"{Path(directory) / 'config.json'} quantization_config"
+        return parse_quant_config(config["quantization_config"], where)
     legacy = Path(directory) / LEGACY_FILE
     if legacy.is_file():
-        return parse_quant_config(_read(legacy), str(legacy), default_method="gptq")
+        return parse_quant_config(read_json(legacy), str(legacy), default_method="gptq")
     return None
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
-    return raw
 
 
 def _field(raw: Mapping[str, Any], source: str, key: str, kind: type, default: Any) -> Any:
