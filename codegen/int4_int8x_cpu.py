@@ -41,8 +41,9 @@ def supports(spec: Int4Spec) -> bool:
 
 
 def tasks_per_iteration(tasks: int) -> int:
-    """Consecutive tasks per parallel iteration: each iteration allocates its registers' spill
-    space from TVM's workspace, which costs as much as a small task; keep >= 16 iterations."""
+    """Consecutive tasks per parallel iteration, keeping >= 16 iterations: in the float GEMVs
+    (int4_cpu.py) each iteration allocates its local buffers from TVM's workspace, which costs
+    as much as a small task; the int8 GEMV needs no workspace and splits its rows the same way."""
     return _largest_divisor(tasks, tuple(d for d in (16, 8, 4, 2, 1) if tasks >= 16 * d or d == 1))
 
 
