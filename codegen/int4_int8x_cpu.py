@@ -63,48 +63,66 @@ def int8x_gemv(
     n, k, g = spec.n, spec.k, spec.group_size
     stride = n // rows
     per_task = tasks_per_iteration(stride)
-    full, tail = k // 128, k % 128 // 64  # chunks of 128 inputs, then 0 or 1 of 64
     blocks, groups = k // BLOCK, k // g
     symmetric = spec.zero_dtype is None
-    lanes_total = full * 16 + tail * 8  # vpdpbusd lanes over all chunks
+    full, piece = k // 128, k % 128 // 64  # chunks of 128 inputs, then 0 or 1 of 64
+    # A row of K % 128 == 64 inputs is 64 m + 32 bytes: odd rows start 32 bytes into a cache
+    # line, and their 64-byte loads would each straddle two lines (~25% slower streaming). Odd
+    # rows take their piece of 64 inputs first, so that their chunks start on a line. Rows
+    # alternate with ji when the stride and the rows per task are even (the Q buffer is
+    # 64-byte aligned); otherwise every row takes the piece last.
+    head_first = bool(piece) and stride % 2 == 0 and per_task % 2 == 0
 
-    # x in chunk order: in each chunk of 2w inputs (w = 64, or 32 for the tail), the w even
-    # ones (they meet the low nibbles) first, then the w odd ones. vpdpbusd lane l of a chunk
-    # then sums inputs 8l .. 8l + 7 of it, all in block 4c + l // 4 and group 8l // g.
-    def xq_index(b, h, i):
-        width = T.if_then_else(b < full * 4, 64, 32)
-        return b // 4 * 128 + h * width + b % 4 * 16 + i
+    def segment_of_block(head, b):
+        """(first input, width in packed bytes) of the segment holding block b of x: chunks of
+        128 inputs (64 bytes) and a piece of 64 (32 bytes), the piece last or, head, first."""
+        if head:
+            return T.if_then_else(b < 2, 0, (b - 2) // 4 * 128 + 64), T.if_then_else(b < 2, 32, 64)
+        return b // 4 * 128, T.if_then_else(b < full * 4, 64, 32)
 
-    def dot(Q, row, xq, xinit, i, c, width):
-        """int32 lanes of chunk c: sum over each lane's 8 nibbles of q * xq[i], plus xinit."""
+    def xq_index(head, b, h, i):
+        """Where input 32 b + 2 i + h of x goes in the row layout: in each segment of 2w
+        inputs, the w even ones (they meet the low nibbles) first, then the w odd ones."""
+        start, width = segment_of_block(head, b)
+        return start + h * width + (b * BLOCK - start) // 2 + i
+
+    def dot(Q, row, xq, xinit, i, start, width):
+        """int32 lanes of the segment at input `start`: over each lane's 8 nibbles, q times
+        xq, plus xinit. Lane l of a segment sums its inputs 8l .. 8l + 7 (one block of x, one
+        weight group); over the row that is lane start / 8 + l."""
         vi8, vi32, op = (
             ("int8x64", "int32x16", DPBUSD) if width == 64 else ("int8x32", "int32x8", DPBUSD_YMM)
         )
-        lanes, at = width // 4, c * 128
-        packed = Q[row, T.Ramp(c * 64, 1, width)]
+        lanes = width // 4
+        packed = Q[row, T.Ramp(start // 2, 1, width)]
         low = T.reinterpret(vi8, T.bitwise_and(packed, T.Broadcast(T.uint8(15), width)))
         high = T.reinterpret(vi8, T.shift_right(packed, T.Broadcast(T.uint8(4), width)))
-        start = xinit[i, T.Ramp(c * 16, 1, lanes)] if symmetric else T.Broadcast(T.int32(0), lanes)
-        lows = T.call_llvm_pure_intrin(vi32, op, start, low, xq[i, T.Ramp(at, 1, width)])
-        return T.call_llvm_pure_intrin(vi32, op, lows, high, xq[i, T.Ramp(at + width, 1, width)])
+        ramp = T.Ramp(start // 8, 1, lanes)
+        first = xinit[i, ramp] if symmetric else T.Broadcast(T.int32(0), lanes)
+        lows = T.call_llvm_pure_intrin(vi32, op, first, low, xq[i, T.Ramp(start, 1, width)])
+        return T.call_llvm_pure_intrin(vi32, op, lows, high, xq[i, T.Ramp(start + width, 1, width)])
 
-    def lane_scales(S, row, dx, i, c, lanes):
-        """The scale of each of `lanes` lanes of chunk c: its weight group's times its block's,
-        each spread from a short load by a shuffle. (The scales are read where they are stored:
-        a zmm load of a row's scales widened into a buffer by the row's own narrower stores
-        just before stalls store forwarding, 7x slower.)"""
-        # TVM's Shuffle yields at most as many lanes as it is given: repeat the source.
-        width = lanes * 8 // g  # groups met by the chunk
+    def lane_scales(S, row, dx, i, base, c, lanes):
+        """The scale of each of `lanes` lanes of the segment at input `start`: its weight
+        group's times its block's, each spread from a short load by a shuffle. (The scales are
+        read where they are stored: a zmm load of a row's scales widened into a buffer by the
+        row's own narrower stores just before stalls store forwarding, 7x slower.)"""
+        # The segment starts at input base + 128 c (g divides 128): which lane meets which
+        # group depends on the constant base only.
+        first, start = base // g + c * (128 // g), base + c * 128
+        width = (base + lanes * 8 - 1) // g - base // g + 1  # groups met by the segment
         if width > 1:
-            groups_ = T.Cast(f"float32x{width}", S[row, T.Ramp(c * 128 // g, 1, width)])
-            groups_ = T.Shuffle([groups_] * (lanes // width), [8 * ln // g for ln in range(lanes)])
+            # TVM's Shuffle yields at most as many lanes as it is given: repeat the source.
+            groups_ = T.Cast(f"float32x{width}", S[row, T.Ramp(first, 1, width)])
+            index = [(base + 8 * ln) // g - base // g for ln in range(lanes)]
+            groups_ = T.Shuffle([groups_] * (lanes // width), index)
         else:
-            groups_ = T.Broadcast(scale(S, row, c * 128 // g), lanes)
-        blocks_ = dx[i, T.Ramp(c * 4, 1, lanes // 4)]
+            groups_ = T.Broadcast(scale(S, row, first), lanes)
+        blocks_ = dx[i, T.Ramp(start // BLOCK, 1, lanes // 4)]
         return groups_ * T.Shuffle([blocks_] * 4, [ln // 4 for ln in range(lanes)])
 
     @T.macro
-    def quantize_x(X, P, xq, dx, xinit, xg, m16, r32, i_):
+    def quantize_x(X, P, xq, xq_head, dx, xinit, xg, m16, r32, i_):
         for b in range(blocks):
             for i in T.vectorized(16):
                 m16[i] = T.max(
@@ -123,13 +141,15 @@ def int8x_gemv(
             for h in range(2):
                 for i in T.vectorized(16):
                     r32[h * 16 + i] = T.round(x_at(X, P, i_, b * BLOCK + 2 * i + h) * m16[1])
-                    xq[i_, xq_index(b, h, i)] = T.Cast("int8", r32[h * 16 + i])
+                    xq[i_, xq_index(False, b, h, i)] = T.Cast("int8", r32[h * 16 + i])
+                    if bool(head_first):
+                        xq_head[i_, xq_index(True, b, h, i)] = T.Cast("int8", r32[h * 16 + i])
             if bool(symmetric):
                 # The zero point 8 enters as each lane's start: -8 times the sum of its codes.
                 # (Computed here: in a loop of its own after this one, xinit ended up sharing
                 # dx's memory and every output was wrong; codegen/NOTES.md.)
                 for t in range(4):
-                    xinit[i_, b // 4 * 16 + b % 4 * 4 + t] = T.int32(-8) * T.Cast(
+                    xinit[i_, b * 4 + t] = T.int32(-8) * T.Cast(
                         "int32",
                         r32[4 * t]
                         + r32[4 * t + 1]
@@ -157,78 +177,78 @@ def int8x_gemv(
                 )
 
     @T.macro
-    def add_chunk(acc, Q, S, xq, xinit, dx, row, r, i, m, c, lanes):
-        # 16 lanes for a chunk of 128 inputs, 8 for the tail's 64.
-        if bool(lanes == 16):
-            acc[i, r, T.Ramp(0, 1, 16)] = acc[i, r, T.Ramp(0, 1, 16)] + T.Cast(
-                "float32x16", dot(Q, row, xq, xinit, T.min(i, m - 1), c, 64)
-            ) * lane_scales(S, row, dx, T.min(i, m - 1), c, 16)
-        else:
-            acc[i, r, T.Ramp(0, 1, 8)] = acc[i, r, T.Ramp(0, 1, 8)] + T.Cast(
-                "float32x8", dot(Q, row, xq, xinit, T.min(i, m - 1), c, 32)
-            ) * lane_scales(S, row, dx, T.min(i, m - 1), c, 8)
+    def add_segment(acc, Q, S, xq, xinit, dx, row, r, i, m, base, c, width):
+        # A chunk of 128 inputs (64 bytes, 16 lanes) or the piece of 64 (32 bytes, 8 lanes).
+        acc[i, r, T.Ramp(0, 1, width // 4)] = acc[i, r, T.Ramp(0, 1, width // 4)] + T.Cast(
+            f"float32x{width // 4}", dot(Q, row, xq, xinit, T.min(i, m - 1), base + c * 128, width)
+        ) * lane_scales(S, row, dx, T.min(i, m - 1), base, c, width // 4)
 
     def row_of(r, jb, ji):
         return r * stride + jb * per_task + ji
 
     @T.macro
+    def rows_dot(X, Q, S, Z, B, Y, m, xq, xinit, dx, xg, acc, jb, ji, head):
+        """y for the task's rows at ji (each `rows` apart by the stride), the piece first if
+        head."""
+        for r in T.unroll(rows):
+            for i in T.unroll(x_rows):
+                for lane in T.vectorized(16):
+                    acc[i, r, lane] = T.float32(0)
+        if bool(head):
+            for r in T.unroll(rows):
+                for i in T.unroll(x_rows):
+                    add_segment(acc, Q, S, xq, xinit, dx, row_of(r, jb, ji), r, i, m, 0, 0, 32)
+        for c in range(full):
+            for r in T.unroll(rows):
+                for i in T.unroll(x_rows):
+                    add_segment(
+                        acc, Q, S, xq, xinit, dx, row_of(r, jb, ji), r, i, m, 64 * head, c, 64
+                    )
+        if bool(piece and not head):
+            for r in T.unroll(rows):
+                for i in T.unroll(x_rows):
+                    add_segment(
+                        acc, Q, S, xq, xinit, dx, row_of(r, jb, ji), r, i, m, full * 128, 0, 32
+                    )
+        for r in T.unroll(rows):
+            for i in T.unroll(x_rows):
+                if i < m:
+                    lane_sum(acc, i, r)
+                    if bool(not symmetric):
+                        # Asymmetric: minus the sum over groups of s * z * xg.
+                        for gi in range(groups):
+                            acc[i, r, 0] = (
+                                acc[i, r, 0]
+                                - scale(S, row_of(r, jb, ji), gi)
+                                * zero(Z, row_of(r, jb, ji), gi)
+                                * xg[i, gi]
+                            )
+                    Y[i, row_of(r, jb, ji)] = epilogue(acc[i, r, 0], B, row_of(r, jb, ji))
+
+    @T.macro
     def gemv_int8x(X, Q, S, Z, B, P, Y, m):
         with T.sblock("int4_gemv_int8x"):
             xq = T.sblock_alloc_buffer((x_rows, k), "int8")
+            xq_head = T.sblock_alloc_buffer((x_rows, k if head_first else 1), "int8")
             dx = T.sblock_alloc_buffer((x_rows, blocks), F32)
-            xinit = T.sblock_alloc_buffer((x_rows, lanes_total + 8), "int32")
+            xinit = T.sblock_alloc_buffer((x_rows, k // 8), "int32")
             xg = T.sblock_alloc_buffer((x_rows, groups), F32)
             m16 = T.sblock_alloc_buffer((16,), F32)
             r32 = T.sblock_alloc_buffer((BLOCK,), F32)
             for i_ in range(m):
-                quantize_x(X, P, xq, dx, xinit, xg, m16, r32, i_)
+                quantize_x(X, P, xq, xq_head, dx, xinit, xg, m16, r32, i_)
             for jb in T.parallel(stride // per_task):
                 with T.sblock("int4_gemv_int8x_task"):
                     acc = T.sblock_alloc_buffer((x_rows, rows, 16), F32, scope="local")
-                    for ji in range(per_task):
-                        for r in T.unroll(rows):
-                            for i in T.unroll(x_rows):
-                                for lane in T.vectorized(16):
-                                    acc[i, r, lane] = T.float32(0)
-                        for c in range(full):
-                            for r in T.unroll(rows):
-                                for i in T.unroll(x_rows):
-                                    add_chunk(
-                                        acc, Q, S, xq, xinit, dx, row_of(r, jb, ji), r, i, m, c, 16
-                                    )
-                        if bool(tail):
-                            for r in T.unroll(rows):
-                                for i in T.unroll(x_rows):
-                                    add_chunk(
-                                        acc,
-                                        Q,
-                                        S,
-                                        xq,
-                                        xinit,
-                                        dx,
-                                        row_of(r, jb, ji),
-                                        r,
-                                        i,
-                                        m,
-                                        full,
-                                        8,
-                                    )
-                        for r in T.unroll(rows):
-                            for i in T.unroll(x_rows):
-                                if i < m:
-                                    lane_sum(acc, i, r)
-                                    if bool(not symmetric):
-                                        # Asymmetric: minus the sum over groups of s * z * xg.
-                                        for gi in range(groups):
-                                            acc[i, r, 0] = (
-                                                acc[i, r, 0]
-                                                - scale(S, row_of(r, jb, ji), gi)
-                                                * zero(Z, row_of(r, jb, ji), gi)
-                                                * xg[i, gi]
-                                            )
-                                    Y[i, row_of(r, jb, ji)] = epilogue(
-                                        acc[i, r, 0], B, row_of(r, jb, ji)
-                                    )
+                    if bool(head_first):
+                        for jp in range(per_task // 2):
+                            rows_dot(X, Q, S, Z, B, Y, m, xq, xinit, dx, xg, acc, jb, 2 * jp,
+                                     False)  # fmt: skip
+                            rows_dot(X, Q, S, Z, B, Y, m, xq_head, xinit, dx, xg, acc, jb,
+                                     2 * jp + 1, True)  # fmt: skip
+                    else:
+                        for ji in range(per_task):
+                            rows_dot(X, Q, S, Z, B, Y, m, xq, xinit, dx, xg, acc, jb, ji, False)
 
     return gemv_int8x
 

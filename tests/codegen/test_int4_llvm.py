@@ -47,6 +47,9 @@ def _build(spec: Int4Spec, vector_bits: int, int8_activations: bool = False) -> 
         (Int4Spec(40, 576, 64, "float32", "float16", "float32"), 512, True),
         (Int4Spec(24, 320, 32, "float16", "float16", "float16", "float32"), 512, True),
         (Int4Spec(16, 512, 128, "float32", "float32", None, None, True), 512, True),
+        # K % 128 == 64 with even strides: odd rows take their 64-input piece first.
+        (Int4Spec(256, 576, 32, "float16", "float16"), 512, True),
+        (Int4Spec(512, 320, 64, "float32", "float16", "float16", "float32", True), 512, True),
     ],
     ids=[
         "sym-g32-bias",
@@ -58,6 +61,8 @@ def _build(spec: Int4Spec, vector_bits: int, int8_activations: bool = False) -> 
         "int8x-asym-g64-k576",
         "int8x-asym-g32-bias-k320",
         "int8x-g128-perm",
+        "int8x-k576-piece-first",
+        "int8x-asym-g64-bias-perm-k320-piece-first",
     ],
 )
 def test_kernel_matches_numpy_dequantize_then_matmul(
