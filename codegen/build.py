@@ -20,6 +20,7 @@ from .lower import LoweredModule, lower_module
 from .schedule_cpu import cpu_schedule_pass
 from .schedule_gpu import gpu_schedule_pass
 from .targets import Target
+from .vm_trim import DropTensorKills, DropWeightChecks
 
 METADATA_VERSION = 1
 
@@ -64,8 +65,10 @@ def relax_pipeline(target: Target) -> tvm.transform.Pass:
             rx.transform.LowerAllocTensor(),
             rx.transform.KillAfterLastUse(),
             rx.transform.LowerRuntimeBuiltin(),
+            DropTensorKills(),
             rx.transform.ComputePrimValue(),
             rx.transform.VMShapeLower(),
+            DropWeightChecks(),
             rx.transform.AttachGlobalSymbol(),
         ]
     )
