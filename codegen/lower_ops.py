@@ -169,6 +169,8 @@ def _in_f32(ctx: LowerContext, relax_op: Callable[[rx.Expr], rx.Expr], x: rx.Exp
 
 
 def _silu(ctx: LowerContext, node: Node, args: list[rx.Expr]) -> Sequence[rx.Expr]:
+    if ctx.target.device == "cpu":  # a vector polynomial exp instead of libm's, per element
+        return (ctx.emit_te(te_kernels.silu, args[0], name="silu"),)
     return (_in_f32(ctx, rx.op.nn.silu, args[0]),)
 
 
