@@ -103,7 +103,7 @@ def int8x_gemv(
         return T.call_llvm_pure_intrin(vi32, op, lows, high, xq[i, T.Ramp(start + width, 1, width)])
 
     def lane_scales(S, row, dx, i, base, c, lanes):
-        """The scale of each of `lanes` lanes of the segment at input `start`: its weight
+        """The scale of each of `lanes` lanes of the segment at input base + 128 c: its weight
         group's times its block's, each spread from a short load by a shuffle. (The scales are
         read where they are stored: a zmm load of a row's scales widened into a buffer by the
         row's own narrower stores just before stalls store forwarding, 7x slower.)"""
@@ -187,7 +187,7 @@ def int8x_gemv(
         return r * stride + jb * per_task + ji
 
     @T.macro
-    def rows_dot(X, Q, S, Z, B, Y, m, xq, xinit, dx, xg, acc, jb, ji, head):
+    def rows_dot(Q, S, Z, B, Y, m, xq, xinit, dx, xg, acc, jb, ji, head):
         """y for the task's rows at ji (each `rows` apart by the stride), the piece first if
         head."""
         for r in T.unroll(rows):
@@ -242,13 +242,13 @@ def int8x_gemv(
                     acc = T.sblock_alloc_buffer((x_rows, rows, 16), F32, scope="local")
                     if bool(head_first):
                         for jp in range(per_task // 2):
-                            rows_dot(X, Q, S, Z, B, Y, m, xq, xinit, dx, xg, acc, jb, 2 * jp,
+                            rows_dot(Q, S, Z, B, Y, m, xq, xinit, dx, xg, acc, jb, 2 * jp,
                                      False)  # fmt: skip
-                            rows_dot(X, Q, S, Z, B, Y, m, xq_head, xinit, dx, xg, acc, jb,
+                            rows_dot(Q, S, Z, B, Y, m, xq_head, xinit, dx, xg, acc, jb,
                                      2 * jp + 1, True)  # fmt: skip
                     else:
                         for ji in range(per_task):
-                            rows_dot(X, Q, S, Z, B, Y, m, xq, xinit, dx, xg, acc, jb, ji, False)
+                            rows_dot(Q, S, Z, B, Y, m, xq, xinit, dx, xg, acc, jb, ji, False)
 
     return gemv_int8x
 
