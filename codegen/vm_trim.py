@@ -56,16 +56,18 @@ def _used_vars(func: rx.Function) -> set[rx.Var]:
     return used
 
 
+def _bound_by(func: rx.Function, value_matches) -> set[rx.Var]:  # value -> bool
+    """The variables whose bound value `value_matches`."""
+    return {b.var for block in func.body.blocks for b in block.bindings if value_matches(b.value)}
+
+
 def drop_weight_checks(func: rx.Function) -> rx.Function:
     weights = next((p for p in func.params if p.name == WEIGHTS), None)
     if weights is None:
         return func
-    items = {
-        b.var
-        for block in func.body.blocks
-        for b in block.bindings
-        if isinstance(b.value, rx.TupleGetItem) and b.value.tuple_value.same_as(weights)
-    }
+    items = _bound_by(
+        func, lambda v: isinstance(v, rx.TupleGetItem) and v.tuple_value.same_as(weights)
+    )
 
     def is_weight_check(binding: rx.Binding) -> bool:
         value = binding.value
@@ -81,12 +83,7 @@ def drop_weight_checks(func: rx.Function) -> rx.Function:
 
 
 def drop_tensor_kills(func: rx.Function) -> rx.Function:
-    storages = {
-        b.var
-        for block in func.body.blocks
-        for b in block.bindings
-        if isinstance(b.value, rx.Call) and b.value.op.same_as(ALLOC_STORAGE)
-    }
+    storages = _bound_by(func, lambda v: isinstance(v, rx.Call) and v.op.same_as(ALLOC_STORAGE))
 
     def is_tensor_kill(binding: rx.Binding) -> bool:
         value = binding.value
