@@ -151,6 +151,14 @@ class VMExecutor:
         positions: np.ndarray,
         extra: Mapping[str, np.ndarray] | None = None,
     ) -> np.ndarray:
+        # The cache was created for these sizes; past them TVM fails deep inside a view.
+        if len(seq_ids) > self.max_batch_size or sum(lengths) > self.prefill_chunk_size:
+            raise RequestError(
+                f"{entry} of {len(seq_ids)} sequences and {sum(lengths)} tokens exceeds the "
+                f"cache's max_batch_size {self.max_batch_size} or prefill_chunk_size "
+                f"{self.prefill_chunk_size}: split the call (the engine does), or create the "
+                f"executor with a larger CacheConfig"
+            )
         limit = self.max_sequence_length
         for seq_id, n in zip(seq_ids, lengths, strict=True):
             if limit is not None and self.lengths[seq_id] + n > limit:

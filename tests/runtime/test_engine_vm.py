@@ -7,6 +7,7 @@ import importlib.util
 import numpy as np
 import pytest
 
+from ferrumc.errors import RequestError
 from ferrumc.runtime.interpreter_executor import InterpreterExecutor
 from ferrumc.tests.runtime.tiny_model import PROMPTS, run_greedy
 
@@ -40,6 +41,24 @@ def test_vm_executor_reports_what_the_engine_needs(executor):
     assert every_row.shape == (len(PROMPTS[0]), 256)
     # Projecting one row (a GEMV) or all of them (a GEMM) sums in a different order.
     np.testing.assert_allclose(last, every_row[-1:], rtol=1e-5, atol=1e-5)
+    assert executor.free_pages() == executor.num_pages
+
+
+def test_calls_past_the_cache_sizes_are_refused_with_the_limit_named(executor):
+    ids = [90, 91, 92, 93, 94]
+    for s in ids:
+        executor.add_sequence(s)
+    try:
+        with pytest.raises(RequestError, match="prefill_chunk_size 32"):
+            executor.prefill([90], [list(range(33))])
+        with pytest.raises(RequestError, match="max_batch_size 4"):
+            executor.decode(ids, [1] * 5)
+        # Nothing was reserved by the refused calls: the sequences are still empty.
+        assert executor.prefill([90], [list(range(32))]).shape == (1, 256)
+        assert [executor.lengths[s] for s in ids] == [32, 0, 0, 0, 0]
+    finally:
+        for s in ids:
+            executor.remove_sequence(s)
     assert executor.free_pages() == executor.num_pages
 
 
