@@ -35,8 +35,12 @@ M_INIT, D_INIT = -5e4, 1.0
 MASKED = -3.0e38
 # Tasks one sequence's decode is cut into (runs per (sequence, KV head): DECODE_TASKS / Hkv).
 DECODE_TASKS = 16
-# (key, query head) pairs below which a call runs serially.
-SERIAL_WORK = 4096
+# (key, query head) pairs below which a call runs serially. Timed alone, with its pages in L2,
+# the serial path wins up to ~500 keys of SmolLM2's 9 heads; in a decode step the layer's
+# pages come cold from memory and two threads fetch them faster: parallel from 4 pages was
+# 7-9% faster a SmolLM2 step than from 4096 pairs (~28 pages), 1-2% for Qwen2.5-0.5B
+# (tools/ab_decode.py).
+SERIAL_WORK = 512
 
 
 def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 16) -> tirx.PrimFunc:
