@@ -7,7 +7,8 @@ import re
 from collections import Counter
 
 from ..ir.types import TensorType, storage_shape
-from .model import LoadedModel
+from .model import LoadedModel, QuantizedLinear
+from .models.decoder import EMBED
 
 _LAYER = re.compile(r"^layers\.\d+\.")
 _INT4_PARTS = ("qweight", "scales", "zeros")
@@ -52,13 +53,21 @@ def quantization_lines(loaded: LoadedModel) -> list[str]:
     """`inspect` lines: "quantization:", then for int4 checkpoints "int4 bytes:" and "float:"."""
     if not loaded.quantized:
         return ["quantization:  none (float weights)"]
-    kinds = Counter(
-        f"{q.origin + ', ' if q.origin else ''}{q.format}" for q in loaded.quantized.values()
-    )
+
+    def kind(q: QuantizedLinear) -> str:
+        return f"{q.origin + ', ' if q.origin else ''}{q.format}"
+
+    # A GGUF's int4 token table is quantized too, but it is a lookup, not a linear.
+    table = loaded.quantized.get(EMBED)
+    kinds = Counter(kind(q) for name, q in loaded.quantized.items() if name != EMBED)
+    parts = {k: f"{k}: {n} linears" for k, n in kinds.most_common()}
+    if table is not None:
+        k = kind(table)
+        parts[k] = f"{parts[k]} and the embedding" if k in parts else f"{k}: the embedding"
     act_order = sum(q.perm is not None for q in loaded.quantized.values())
     lines = [
         "quantization:  "
-        + "; ".join(f"{kind}: {n} linears" for kind, n in kinds.most_common())
+        + "; ".join(parts.values())
         + (f"; act-order (perm) on {act_order}" if act_order else "")
     ]
     roles = _int4_names(loaded)

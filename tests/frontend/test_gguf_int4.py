@@ -11,6 +11,7 @@ import pytest
 from ferrumc.errors import UnsupportedModel
 from ferrumc.frontend.gguf import load_gguf
 from ferrumc.frontend.gguf_int4 import q4_qweight, q4_scales, q4_zeros
+from ferrumc.frontend.quant_summary import quantization_lines
 from ferrumc.ir import ops
 from ferrumc.ir.int4 import Int4Format
 from ferrumc.ir.interpreter import dequantize_int4
@@ -65,6 +66,8 @@ def test_keep_int4_graph_matches_the_dequantized_model(arch: str, qtype: Q, tmp_
     assert "lm_head" in int4.quantized and "layers.1.attn.v" not in int4.quantized
     # 7 linears a layer, minus one F16, plus lm_head and the embedding table.
     assert len(int4.quantized) == 2 * 7 + 1
+    kind = f"GGUF {qtype.name}, {fmt}"
+    assert quantization_lines(int4)[0] == f"quantization:  {kind}: 14 linears and the embedding"
     vocab = dense.config.vocab_size
     assert "embed.weight" not in int4.weights.types  # the lookup reads the int4 table
     assert int4.weights.types["embed.qweight"] == TensorType(DType.u4, (vocab, 64))
