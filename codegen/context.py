@@ -38,6 +38,8 @@ class LowerContext:
     # Int4 decode multiplies with x rounded to int8 where the CPU has VNNI (int4_int8x_cpu.py).
     int8_activations: bool = False
     dims: dict[str, tirx.Var] = field(default_factory=dict)
+    # Values emitted once per function and shared by the nodes that need them (a key each).
+    memo: dict[tuple[object, ...], rx.Var] = field(default_factory=dict)
 
     def dim(self, d: int | str) -> tvm.ir.PrimExpr | int:
         if isinstance(d, int):

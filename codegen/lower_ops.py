@@ -128,17 +128,20 @@ def _rotary(ctx: LowerContext, node: Node, args: list[rx.Expr]) -> Sequence[rx.E
     assert isinstance(op, ops.Rotary)
     x, positions = args
     freqs, factor = inv_freq(op.theta, op.rotary_dim, op.scaling)
-    return (
-        ctx.emit_te(
-            te_kernels.rotary,
-            x,
+    dtype = x.ty.dtype
+    # One cos/sin table per (positions, frequencies, dtype) in the function, for every layer.
+    key = ("rotary_table", positions, freqs.tobytes(), factor, dtype)
+    if key not in ctx.memo:
+        ctx.memo[key] = ctx.emit_te(
+            te_kernels.rotary_table,
             positions,
             rx.const(freqs, F32),
-            op.rotary_dim,
             factor,
-            name="rotary",
-        ),
-    )
+            dtype,
+            name="rotary_table",
+        )
+    table = ctx.memo[key]
+    return (ctx.emit_te(te_kernels.rotary, x, table, op.rotary_dim, name="rotary"),)
 
 
 def _attention(ctx: LowerContext, node: Node, args: list[rx.Expr]) -> Sequence[rx.Expr]:

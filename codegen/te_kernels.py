@@ -47,25 +47,35 @@ def silu(x: te.Tensor) -> te.Tensor:
     return te.compute(x.shape, lambda *i: (xf[i] / (one + e[i])).astype(x.dtype), name="silu")
 
 
-def rotary(
-    x: te.Tensor, positions: te.Tensor, inv_freq: te.Tensor, rotary_dim: int, factor: float
-) -> te.Tensor:
-    """Rotate-half (NeoX) rotary embedding on the first `rotary_dim` of D. x: [T, H, D].
+def rotary_table(positions: te.Tensor, inv_freq: te.Tensor, factor: float, dtype: str) -> te.Tensor:
+    """cos and sin of each token's angles: [T, 2, rotary_dim / 2], computed in f32 and, as
+    transformers does, rounded to the activations' `dtype` (held in f32). One table serves
+    every layer's rotary: the angles depend on the positions only, and the sin and cos of
+    each element (libm calls) cost more than the rotation itself."""
+    (half,) = inv_freq.shape
 
-    Angles, cos and sin are computed in f32 from the positions; as transformers does, cos,
-    sin and each product are rounded to x's dtype before the sum.
-    """
+    def entry(t: tirx.Var, which: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
+        angle = positions[t].astype(F32) * inv_freq[j]
+        scale = tirx.const(factor, F32)
+        value = tirx.if_then_else(which == 0, tirx.cos(angle) * scale, tirx.sin(angle) * scale)
+        return _rounded(value, dtype)
+
+    return te.compute((positions.shape[0], 2, half), entry, name="rotary_table")
+
+
+def rotary(x: te.Tensor, table: te.Tensor, rotary_dim: int) -> te.Tensor:
+    """Rotate-half (NeoX) rotary embedding on the first `rotary_dim` of D. x: [T, H, D], table
+    from rotary_table; as transformers does, each product is rounded to x's dtype before the
+    sum."""
     half = rotary_dim // 2
 
     def rotate(t: tirx.Var, h: tirx.Var, d: tirx.Var) -> tirx.PrimExpr:
         # The partner lane stays inside [0, D) for every d, so no branch reads out of bounds.
         partner = tirx.if_then_else(d < half, d + half, d - half)
         sign = tirx.if_then_else(d < half, tirx.const(-1.0, F32), tirx.const(1.0, F32))
-        angle = positions[t].astype(F32) * inv_freq[tirx.floormod(d, half)]
-        cos = _rounded(tirx.cos(angle) * tirx.const(factor, F32), x.dtype)
-        sin = _rounded(tirx.sin(angle) * tirx.const(factor, F32), x.dtype)
-        own = _rounded(_f32(x[t, h, d]) * cos, x.dtype)
-        rotated = own + _rounded(sign * _f32(x[t, h, partner]) * sin, x.dtype)
+        j = tirx.floormod(d, half)
+        own = _rounded(_f32(x[t, h, d]) * table[t, 0, j], x.dtype)
+        rotated = own + _rounded(sign * _f32(x[t, h, partner]) * table[t, 1, j], x.dtype)
         return tirx.if_then_else(d < rotary_dim, rotated, _f32(x[t, h, d])).astype(x.dtype)
 
     return te.compute(x.shape, rotate, name="rotary")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import tvm
 
 from ferrumc.codegen.lower import lower_module
 from ferrumc.codegen.lower_ops import LOWERINGS, NOT_YET_LOWERED
@@ -45,9 +46,24 @@ def test_entry_functions_take_tokens_positions_cache_and_params(lowered):
 
 def test_weights_are_parameters_not_constants(lowered):
     assert set(lowered.weight_names) == set(tiny_paged_module().weight_types())
-    # Only rotary's inverse frequencies are embedded: one f32 table per rotary op.
+    # Only rotary's inverse frequencies are embedded: one f32 vector per function.
     c = TinyConfig()
-    assert 0 < lowered.constant_bytes() <= 4 * c.layers * 2 * 2 * (c.head_dim // 2)
+    assert 0 < lowered.constant_bytes() <= 4 * 2 * (c.head_dim // 2)
+
+
+def test_one_rotary_table_serves_every_layer(lowered):
+    """cos and sin depend on the positions only: one table per function, not per layer."""
+    c = TinyConfig()
+    for entry in ("prefill", "decode"):
+        callees = []
+
+        def visit(expr, callees=callees):
+            if isinstance(expr, tvm.relax.Call) and expr.op.name == "relax.call_tir":
+                callees.append(expr.args[0].name_hint)
+
+        tvm.relax.analysis.post_order_visit(lowered.mod[entry], visit)
+        assert callees.count("rotary_table") == 1
+        assert sum(name.startswith("rotary") for name in callees) == 1 + 2 * c.layers  # q and k
 
 
 def test_cache_layout_comes_from_the_graphs(lowered):
