@@ -54,6 +54,10 @@ class Engine:
         self.prefill_chunk_size = min(
             prefill_chunk_size, getattr(executor, "prefill_chunk_size", prefill_chunk_size)
         )
+        # Such a cache holds at most a chunk's tokens per call, and a decode step is one token
+        # per sequence.
+        if hasattr(executor, "prefill_chunk_size"):
+            self.max_batch_size = min(self.max_batch_size, executor.prefill_chunk_size)
         # A sequence may fill the model's window, or the whole cache if that is smaller.
         self.max_context = min(executor.max_context, executor.num_pages * executor.page_size)
         self.eos_token_ids = frozenset(tokenizer.eos_token_ids)

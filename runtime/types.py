@@ -75,7 +75,8 @@ class Executor(Protocol):
     """Runs the model on a paged KV cache: the compiled VM, or the numpy interpreter in tests.
 
     An executor whose cache is sized for a batch may also have `max_batch_size` (sequences per
-    call) and `prefill_chunk_size` (tokens per prefill call); the engine never exceeds them.
+    call) and `prefill_chunk_size` (tokens per call, a decode step's one per sequence included);
+    the engine never exceeds them.
     """
 
     vocab_size: int

@@ -59,6 +59,21 @@ def test_all_running_sequences_decode_in_one_call():
     assert done["r1"].text == "fghij"
 
 
+def test_a_cache_sized_for_a_chunk_caps_the_decode_batch_too():
+    """A decode step is one token per sequence in one call: a cache that holds `chunk` tokens
+    per call (TVM's) decodes at most `chunk` sequences together."""
+    ex = FakeExecutor()
+    ex.prefill_chunk_size = 2  # type: ignore[attr-defined]
+    eng, _ = engine(ex)
+    assert (eng.max_batch_size, eng.prefill_chunk_size) == (2, 2)
+    for i, prompt in enumerate(["ab", "c", "d"]):
+        eng.add_request(request(f"r{i}", prompt, max_tokens=3))
+    done = run_to_completion(eng)
+    assert max(len(b) for b in ex.decode_batches()) == 2
+    assert max(sum(sizes) for sizes in ex.prefill_sizes()) <= 2
+    assert done["r2"].text == "efg"
+
+
 def test_a_request_arriving_later_joins_the_running_batch():
     eng, ex = engine()
     eng.add_request(request("a", "ab", max_tokens=6))
