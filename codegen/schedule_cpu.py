@@ -143,10 +143,11 @@ def _points(stmt: tirx.Stmt) -> tirx.PrimExpr:
     return tirx.IntImm("int64", 1)
 
 
-def _serial_when_small(loop: tirx.For, analyzer: Analyzer) -> tirx.Stmt:
+def _serial_when_small(loop: tirx.For, analyzer: Analyzer, known: list[tirx.Var]) -> tirx.Stmt:
     """A marked parallel loop as a serial loop below its threshold: statically where its work
     is known, else behind a run-time test with both loops (ConvertSSA renames the copy's
-    variables afterwards)."""
+    variables afterwards). `known`: the variables defined outside the loop; a count that
+    needs others (an inner extent set by an outer loop) leaves the loop parallel."""
     limit = int(loop.annotations[SERIAL_BELOW])
     annotations = {k: v for k, v in loop.annotations.items() if k != SERIAL_BELOW}
 
@@ -154,6 +155,8 @@ def _serial_when_small(loop: tirx.For, analyzer: Analyzer) -> tirx.Stmt:
         return tirx.For(loop.loop_var, loop.min, loop.extent, kind, loop.body, None, annotations)
 
     work = analyzer.simplify(_points(loop))
+    if tirx.analysis.undefined_vars(work, known):
+        return rebuilt(tirx.ForKind.PARALLEL)
     if isinstance(work, tirx.IntImm):
         return rebuilt(tirx.ForKind.SERIAL if int(work) < limit else tirx.ForKind.PARALLEL)
     return tirx.IfThenElse(
@@ -178,7 +181,9 @@ def serial_when_small(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm
         stmts = list(root.body) if isinstance(root.body, tirx.SeqStmt) else [root.body]
         if not any(_is_marked(s) for s in stmts):
             continue
-        new = [_serial_when_small(s, analyzer) if _is_marked(s) else s for s in stmts]
+        # Parameters, and the symbolic shapes their buffers bind.
+        known = [*func.params, *tirx.analysis.undefined_vars(func.body, list(func.params))]
+        new = [_serial_when_small(s, analyzer, known) if _is_marked(s) else s for s in stmts]
         block = s_tir.SBlock(
             root.iter_vars, root.reads, root.writes, root.name_hint,
             new[0] if len(new) == 1 else tirx.SeqStmt(new),

@@ -9,9 +9,15 @@ import pytest
 import tvm
 from tvm import relax as rx
 from tvm import te, tirx
+from tvm.script import tirx as T
 
 from ferrumc.codegen import te_kernels
-from ferrumc.codegen.schedule_cpu import SERIAL_POINTS, cpu_schedule_pass
+from ferrumc.codegen.schedule_cpu import (
+    SERIAL_BELOW,
+    SERIAL_POINTS,
+    cpu_schedule_pass,
+    serial_when_small,
+)
 from ferrumc.codegen.targets import TARGETS
 
 LLVM = TARGETS["llvm"]
@@ -74,3 +80,29 @@ def test_reshape_keeps_the_form_that_becomes_a_view():
     assert rx.analysis.has_reshape_pattern(scheduled)
     assert "T.parallel(" in scheduled.script()
     assert "if " not in scheduled.script()
+
+
+def test_work_counted_by_inner_loop_variables_leaves_the_loop_parallel():
+    """A nest whose inner extent an outer loop sets (triangular) has no count that can be
+    tested before the loop: it stays parallel, with no dangling variable in a condition."""
+
+    @T.prim_func(s_tir=True)
+    def triangle(a: T.handle, b: T.handle):
+        n = T.int64()
+        A = T.match_buffer(a, (n, n), "float32")
+        B = T.match_buffer(b, (n,), "float32")
+        with T.sblock("root"):
+            for i in T.parallel(n, annotations={SERIAL_BELOW: SERIAL_POINTS}):
+                B[i] = T.float32(0)
+                for j in range(i + 1):
+                    B[i] = B[i] + A[i, j]
+
+    out = serial_when_small(tvm.IRModule({"main": triangle}))["main"]
+    script = out.script()
+    assert "T.parallel(" in script and "if " not in script
+    assert SERIAL_BELOW not in script
+    lib = tvm.tirx.build(out.with_attr("global_symbol", "main"), target=LLVM.tvm_target())
+    a = np.arange(25, dtype=np.float32).reshape(5, 5)
+    b = tvm.runtime.empty((5,), "float32", tvm.cpu())
+    lib(tvm.runtime.tensor(a), b)
+    np.testing.assert_allclose(b.numpy(), np.tril(a).sum(axis=1))
