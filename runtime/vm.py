@@ -7,6 +7,8 @@ global functions: add a sequence, declare each call's batch with `begin_forward(
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ _SHAPE = tvm.runtime.ShapeTuple
 PAGE_SIZE = 16
 
 
+@functools.cache
 def _builtin(name: str) -> tvm.ffi.Function:
     return tvm.get_global_func(f"vm.builtin.{name}")
 
