@@ -85,14 +85,13 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 16) 
     # away (weight 0 times garbage may be NaN).
     def weighted_values(weights, t, pages, page, hk, c, rows, partial):
         ramp = T.Ramp(c * lanes, 1, lanes)
-        total = None
+        terms = []
         for r in range(page_size):
             row = T.Cast(vec, pages[page, 1, hk, r, ramp])
             if partial:
                 row = T.Select(T.Broadcast(r < rows, lanes), row, T.Broadcast(T.float32(0), lanes))
-            term = T.Broadcast(weights[t, r], lanes) * row
-            total = term if total is None else total + term
-        return total
+            terms.append(T.Broadcast(weights[t, r], lanes) * row)
+        return _pairwise_sum(terms)
 
     @T.macro
     def update_values(t, g, pages, page, hk, rows, scale, acc_o, score, partial):
@@ -129,7 +128,7 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 16) 
                 top[t] = T.max(
                     acc_m[t, g], _lane_sum(score[t, T.Ramp(0, 1, page_size)], page_size, T.Max)
                 )
-                scale: T.let[T.float32] = T.exp2(acc_m[t, g] - top[t])
+                scale: T.let[T.float32] = _exp2_scalar(acc_m[t, g] - top[t])
                 score[t, T.Ramp(0, 1, page_size)] = _exp2(
                     score[t, T.Ramp(0, 1, page_size)] - T.Broadcast(top[t], page_size), page_size
                 )
@@ -217,9 +216,9 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 16) 
                 merged[0] = T.float32(M_INIT)
                 for sp in range(n_split):
                     merged[0] = T.max(merged[0], acc_m[t0 + sp, g])
-                merged[1] = T.float32(D_INIT) * T.exp2(T.float32(M_INIT) - merged[0])
+                merged[1] = T.float32(D_INIT) * _exp2_scalar(T.float32(M_INIT) - merged[0])
                 for sp in range(n_split):
-                    weight: T.let[T.float32] = T.exp2(acc_m[t0 + sp, g] - merged[0])
+                    weight: T.let[T.float32] = _exp2_scalar(acc_m[t0 + sp, g] - merged[0])
                     merged[1] = merged[1] + acc_den[t0 + sp, g] * weight
                     if sp == 0:
                         for dd in T.vectorized(d):
@@ -245,6 +244,15 @@ def _lane_sum(vec: tirx.PrimExpr, lanes: int, combine: type = tirx.Add) -> tirx.
         high = T.vectorhigh(f"float32x{lanes}", half) if lanes > 1 else T.Shuffle([half], [1])
         vec = tirx.Let(half, vec, combine(low, high))
     return vec
+
+
+def _pairwise_sum(terms: list[tirx.PrimExpr]) -> tirx.PrimExpr:
+    """The sum of `terms` as a balanced tree: a page's 16 weighted value rows added in a
+    chain were a 16-deep dependency of 4-cycle adds per head-dim chunk."""
+    while len(terms) > 1:
+        pairs = [a + b for a, b in zip(terms[::2], terms[1::2], strict=False)]
+        terms = pairs + terms[len(terms) // 2 * 2 :]
+    return terms[0]
 
 
 def _transpose_sum(vectors: list[tirx.PrimExpr]) -> tirx.PrimExpr:
@@ -283,6 +291,12 @@ _EXP2_POLY = (
     6.931472028550421e-1,
     1.0,
 )
+
+
+def _exp2_scalar(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    """2^x for one float x <= 0, through `_exp2`: a call to libm's exp2f also clears the
+    vector registers' upper halves (vzeroupper) on each side."""
+    return T.Shuffle([_exp2(T.Broadcast(x, 2), 2)], [0])
 
 
 def _exp2(x: tirx.PrimExpr, lanes: int) -> tirx.PrimExpr:
