@@ -117,6 +117,15 @@ def inspect_bundle(bundle: Path) -> None:
     click.echo(f"architecture:  {cfg['model_type']}, {cfg['num_layers']} layers")
     click.echo(f"target:        {m.target['name']} ({m.target.get('machine', '?')})")
     click.echo(f"compute dtype: {m.options.get('dtype', 'f32')}")
+    if m.kv_cache:
+        layers, heads, dim = (m.kv_cache[k] for k in ("num_layers", "num_kv_heads", "head_dim"))
+        kinds = {"float32": ("f32", 4), "float16": ("f16", 2), "bfloat16": ("bf16", 2)}
+        name, width = kinds.get(m.kv_cache["dtype"], (m.kv_cache["dtype"], 4))
+        per_token = 2 * layers * heads * dim * width
+        click.echo(
+            f"KV cache:      {name}, {per_token / 1024:g} KiB per token "
+            f"({layers} layers x {heads} KV heads x {dim})"
+        )
     q = m.options.get("quantize")
     if q is None:
         click.echo("quantization:  none")
@@ -229,6 +238,13 @@ def int4_choice(
     help="Write the IR after each pass here.",
 )
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Bundle to write.")
+# passes.rewrite_paged_attention.KV_DTYPES, spelled out as --int4-activations' choices are.
+@click.option(
+    "--kv-dtype",
+    type=click.Choice(("f32", "f16")),
+    help="Store the KV cache in this dtype: f16 halves its memory and what each decode step's "
+    "attention reads, rounding keys and values to f16.  [default: the compute dtype]",
+)
 @quantize_options
 @friendly_errors
 def compile(
@@ -238,6 +254,7 @@ def compile(
     emit_ir: bool,
     dump_ir: Path | None,
     output: Path | None,
+    kv_dtype: str | None,
     int4_activations: str,
     **int4: object,
 ) -> None:
@@ -246,7 +263,9 @@ def compile(
     if not emit_ir:
         from .codegen.compile import compile_command
 
-        path = compile_command(model, target, dtype, output, dump_ir, quantize, int4_activations)
+        path = compile_command(
+            model, target, dtype, output, dump_ir, quantize, int4_activations, kv_dtype
+        )
         click.echo(str(path))
         return
     from .frontend.resolve import load_model
@@ -255,7 +274,8 @@ def compile(
     from .passes.pipeline import CompileOptions, optimize
 
     loaded = load_model(model, keep_int4=quantize is not None)  # as compile_model loads it
-    options = CompileOptions(dtype=DType(dtype), quantize=quantize)
+    kv = DType(kv_dtype) if kv_dtype else None
+    options = CompileOptions(dtype=DType(dtype), quantize=quantize, kv_dtype=kv)
     module = optimize(loaded.graph(), options, dump_ir, ctx=pass_context(loaded))
     click.echo(str(module), nl=False)
 

@@ -123,6 +123,8 @@ def option_flags(options: dict[str, Any]) -> str:
     flags = quantize_flags(options.get("quantize"))
     if options.get("int4_activations", "int8") != "int8":
         flags += f" --int4-activations {options['int4_activations']}"
+    if options.get("kv_dtype"):
+        flags += f" --kv-dtype {options['kv_dtype']}"
     return flags
 
 

@@ -138,12 +138,14 @@ def cached_bundle(
     dtype: str = "f32",
     quantize: Int4Quantization | None = None,
     int4_activations: str = "int8",
+    kv_dtype: str | None = None,
     progress: bool = True,
     rebuild: bool = False,
     dump_ir: Path | None = None,
 ) -> Path:
     """The cache's bundle for `ref` on `target` in `dtype` (int4 with `quantize`; int4 decode
-    with `int4_activations`, see CompileOptions), compiled first if it is not there."""
+    with `int4_activations`; the KV cache in `kv_dtype`, see CompileOptions), compiled first if
+    it is not there."""
     import tvm
     import tvm_ffi
 
@@ -155,7 +157,8 @@ def cached_bundle(
     from .targets import get_target
 
     try:
-        options = CompileOptions(DType.parse(dtype), quantize, int4_activations)
+        kv = DType.parse(kv_dtype) if kv_dtype else None
+        options = CompileOptions(DType.parse(dtype), quantize, int4_activations, kv)
     except ValueError as e:
         raise CodegenError(f"compile dtype: {e}") from None
     chosen = get_target(target)

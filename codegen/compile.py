@@ -227,6 +227,7 @@ def compile_command(
     dump_ir: Path | None,
     quantize: Int4Quantization | None = None,
     int4_activations: str = "int8",
+    kv_dtype: str | None = None,
 ) -> Path:
     """`ferrumc compile`: into `output`, or into the compile cache (reused when already there;
     rebuilt when IR dumps are asked for, so that they get written)."""
@@ -239,9 +240,11 @@ def compile_command(
             dtype=dtype,
             quantize=quantize,
             int4_activations=int4_activations,
+            kv_dtype=kv_dtype,
             rebuild=dump_ir is not None,
             dump_ir=dump_ir,
         )
-    options = CompileOptions(DType(dtype), quantize, int4_activations)
+    kv = DType(kv_dtype) if kv_dtype else None
+    options = CompileOptions(DType(dtype), quantize, int4_activations, kv)
     compile_model(ref, output, target=target, options=options, dump_ir=dump_ir)
     return output

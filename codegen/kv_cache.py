@@ -22,7 +22,7 @@ from ..errors import UnsupportedModel
 from ..ir.graph import Module, Node
 from ..ir.ops import PagedAttention
 from ..ir.types import KVCacheType
-from .context import LowerContext, out_tensor, tvm_dtype
+from .context import LowerContext, cast, out_tensor, tvm_dtype
 from .targets import Target
 
 CREATE_FUNCTION = "create_kv_cache"
@@ -166,13 +166,16 @@ def lower_paged_attention(
     q, k, v, cache = args
     qkv = ctx.emit(rx.op.concat([q, k, v], axis=1), "qkv")  # [T, Hq + 2 Hkv, D]
     out = out_tensor(node)
-    return (
-        ctx.emit(
-            rx.call_dps_packed(
-                "vm.builtin.attention_kv_cache_attention_with_fused_qkv",
-                [cache, rx.prim_value(op.layer), rx.prim_value(float(op.scale)), qkv],
-                out_ty=ctx.relax_type(out),
-            ),
-            f"attn{op.layer}",
+    # TVM's cache takes q, k, v and gives the output in the dtype it stores (CacheLayout.dtype).
+    stored = node.inputs[3].type
+    assert isinstance(stored, KVCacheType)
+    qkv = cast(ctx, qkv, tvm_dtype(stored.dtype))
+    attn = ctx.emit(
+        rx.call_dps_packed(
+            "vm.builtin.attention_kv_cache_attention_with_fused_qkv",
+            [cache, rx.prim_value(op.layer), rx.prim_value(float(op.scale)), qkv],
+            out_ty=ctx.relax_type(out.with_dtype(stored.dtype)),
         ),
+        f"attn{op.layer}",
     )
+    return (cast(ctx, attn, tvm_dtype(out.dtype)),)

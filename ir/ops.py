@@ -399,7 +399,8 @@ class PagedAttention(Op):
 
     The cache's current batch (sequence ids and token counts, in token order) is set by the
     runtime before the call. Form "prefill" takes ragged token runs; "decode" one token per
-    sequence. (q[T, Hq, D], k[T, Hkv, D], v[T, Hkv, D], kv_cache) -> [T, Hq, D].
+    sequence. (q[T, Hq, D], k[T, Hkv, D], v[T, Hkv, D], kv_cache) -> [T, Hq, D]. The cache may
+    store another float dtype than k's: keys and values are rounded to it.
     """
 
     opname: ClassVar[str] = "paged_attention"
@@ -429,8 +430,10 @@ class PagedAttention(Op):
             (cache.num_kv_heads, cache.head_dim) == k.shape[1:],
             f"k {k} does not match the cache's {cache.num_kv_heads} kv heads x {cache.head_dim}",
         )
+        # A cache in another float dtype stores k and v rounded to it (--kv-dtype).
         expect(
-            cache.dtype == k.dtype, f"k {k} does not match the cache's dtype {cache.dtype.value}"
+            cache.dtype.is_float and k.dtype.is_float,
+            f"k {k} and the cache ({cache.dtype.value}) must both be float",
         )
         return (q,)
 

@@ -36,6 +36,10 @@ class CompileOptions:
     # block of 32 inputs, as llama.cpp's Q4_0 does, for ~2x the speed at ~5e-3 relative error
     # per linear; "float" keeps x exact. Prefill and GPUs compute in float either way.
     int4_activations: str = "int8"
+    # The KV cache's dtype; None stores it in the compute dtype. f16 under an f32 model halves
+    # the cache (as llama.cpp's default f16 cache does) at ~5e-4 relative rounding of k, v, q
+    # and the attention output.
+    kv_dtype: DType | None = None
 
     def __post_init__(self) -> None:
         if self.int4_activations not in INT4_ACTIVATIONS:
@@ -65,11 +69,11 @@ def common_passes(options: CompileOptions) -> list[Pass]:
     ]
 
 
-def form_passes(form: str) -> list[Pass]:
+def form_passes(form: str, options: CompileOptions) -> list[Pass]:
     """Passes that specialize the shared graph to one entry point."""
     return [
         # Attention through the paged KV cache, in the form this entry point runs.
-        RewritePagedAttention(form),
+        RewritePagedAttention(form, options.kv_dtype),
         # Whatever the rewrites left unread (weights included) does not reach the bundle.
         EliminateDeadCode(),
     ]
@@ -94,9 +98,8 @@ def optimize(
     module = Module()
     for form in ATTENTION_FORMS:
         form_dir = dump_dir / form if dump_dir is not None else None
-        module.graphs[form] = PassManager(form_passes(form), form_dir, ctx, on_pass=on_pass).run(
-            shared
-        )
+        passes = form_passes(form, options)
+        module.graphs[form] = PassManager(passes, form_dir, ctx, on_pass=on_pass).run(shared)
     return verify_module(module)
 
 

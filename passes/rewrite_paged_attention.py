@@ -5,6 +5,10 @@ among the graph's attentions (graph order), the same heads, scale and window, an
 form. The graph gains the input `kv_cache: kvcache<layers=L,kv_heads=..,head_dim=..,dtype of k>`
 and is renamed after the form. For "decode" each sequence brings one token, so the token dim
 "seq" of the inputs (and of reshape targets naming it) is renamed "batch".
+
+`kv_dtype` stores the cache in another float dtype than k's (f16 pages for an f32 model: half
+the cache memory, and half the bytes each decode step's attention reads). The attentions keep
+their types; the cache rounds what it stores (the lowering casts around TVM's cache call).
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from typing import ClassVar
 
 from ..ir.graph import Graph, GraphBuilder, Node, Value, rebuild
 from ..ir.ops import ATTENTION_FORMS, Attention, Input, PagedAttention, Reshape
-from ..ir.types import Dim, KVCacheType, Shape, TensorType
+from ..ir.types import DType, Dim, KVCacheType, Shape, TensorType
 from .base import Pass, PassContext
 from .patterns import emit1
 
 KV_CACHE_INPUT = "kv_cache"
+# Dtypes a cache may be stored in: those every target's attention kernels read.
+KV_DTYPES = (DType.f32, DType.f16)
 # The token dim the frontends name, and what it means in each form.
 TOKEN_DIM = {"prefill": "seq", "decode": "batch"}
 
@@ -29,10 +35,16 @@ class RewritePagedAttention(Pass):
 
     name: ClassVar[str] = "rewrite-paged-attention"
     form: str = "prefill"
+    kv_dtype: DType | None = None  # None: the dtype of the attentions' k
 
     def __post_init__(self) -> None:
         if self.form not in ATTENTION_FORMS:
             raise self.error(f"unknown form {self.form!r}; use one of {', '.join(ATTENTION_FORMS)}")
+        if self.kv_dtype is not None and self.kv_dtype not in KV_DTYPES:
+            raise self.error(
+                f"cannot store the KV cache in {self.kv_dtype.value}; "
+                f"use one of {', '.join(d.value for d in KV_DTYPES)}"
+            )
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
         attentions = [n for n in graph.nodes if isinstance(n.op, Attention)]
@@ -77,6 +89,7 @@ class RewritePagedAttention(Pass):
                 f"attentions disagree on the KV layout ({found}); one paged cache needs one layout"
             )
         ((heads, head_dim, dtype),) = kinds
+        dtype = self.kv_dtype or dtype
         return KVCacheType(len(attentions), heads, head_dim, dtype)  # type: ignore[arg-type]
 
 

@@ -98,6 +98,7 @@ def test_int4_bundle_matches_the_interpreter_and_inspect_shows_it(tiny_checkpoin
     assert "quantization:  int4 group 64 asymmetric (rtn)" in result.output
     assert "u4 8 (" in result.output  # qkv, o, gate_up and down of 2 layers
     assert "int4 decode:   x rounded to int8" in result.output  # the default
+    assert "KV cache:      f32, " in result.output  # the compute dtype, the default
 
     ids = np.arange(3, 40, dtype=np.int32)
     executor = open_bundle(bundle).executor
@@ -124,6 +125,7 @@ def test_int4_bundle_matches_the_interpreter_and_inspect_shows_it(tiny_checkpoin
         ["-q", "int4", "--quantizer", "gptq", "--act-order", "--calibration", "{file}"],
         ["-q", "int4", "--int4-activations", "float"],
         ["--int4-activations", "float"],
+        ["-q", "int4", "--kv-dtype", "f16"],
     ],
 )
 def test_a_bad_bundles_recompile_hint_repeats_the_quantization(tmp_path, args):
@@ -145,7 +147,9 @@ def test_a_bad_bundles_recompile_hint_repeats_the_quantization(tmp_path, args):
         params = main.commands["compile"].make_context("compile", ["MODEL", *argv]).params
         keys = ("quantize", "group_size", "scheme", "quantizer", "act_order", "calibration")
         quantize = int4_choice(**{k: params[k] for k in keys})
-        return options_record(CompileOptions(DType.f32, quantize, params["int4_activations"]))
+        kv = DType(params["kv_dtype"]) if params["kv_dtype"] else None
+        x = params["int4_activations"]
+        return options_record(CompileOptions(DType.f32, quantize, x, kv_dtype=kv))
 
     record = choose(args)
     assert choose(shlex.split(option_flags(record))) == record

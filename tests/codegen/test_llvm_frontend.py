@@ -29,9 +29,12 @@ PROMPT = [5, 17, 33, 140]
 STEPS = 5
 
 
-def compiled(tiny_checkpoint, name: str, out_dir, dtype: DType = DType.f32):
+def compiled(
+    tiny_checkpoint, name: str, out_dir, dtype: DType = DType.f32, kv_dtype: DType | None = None
+):
     loaded = load_hf(tiny_checkpoint(name, dtype.value))
-    module, transforms = lift_weight_transforms(optimize(loaded.graph(), CompileOptions(dtype)))
+    options = CompileOptions(dtype, kv_dtype=kv_dtype)
+    module, transforms = lift_weight_transforms(optimize(loaded.graph(), options))
     weights = {n: loaded.weights.load(n) for n in loaded.weights.types}
     for derived, graph in transforms.items():
         weights[derived] = run_graph(graph, {}, weights)[derived]
@@ -72,3 +75,16 @@ def test_low_precision_generation_matches_the_interpreter(tiny_checkpoint, tmp_p
     got = _greedy(VMExecutor(built.library, weights))
     assert np.argmax(got, axis=-1).tolist() == want.tokens
     assert np.abs(got - want.logits).max() <= RTOL[dtype] * np.abs(want.logits).max()
+
+
+def test_f16_kv_cache_under_f32_compute_matches_the_interpreter(tiny_checkpoint, tmp_path):
+    """--kv-dtype f16: TVM's cache stores (and attends in) f16, the graph around it stays f32.
+    The interpreter's reference cache rounds the stored keys and values alike; TVM also rounds
+    q and the attention output, hence a tolerance of f16's order, not f32's."""
+    module, weights, built = compiled(tiny_checkpoint, "llama", tmp_path, kv_dtype=DType.f16)
+    ex = VMExecutor(built.library, weights)
+    assert ex.library.metadata["kv_cache"]["dtype"] == "float16"
+    want = generate(module, weights, PROMPT, STEPS)
+    got = _greedy(ex)
+    assert np.argmax(got, axis=-1).tolist() == want.tokens
+    assert np.abs(got - want.logits).max() <= RTOL[DType.f16] * np.abs(want.logits).max()

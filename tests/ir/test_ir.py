@@ -343,8 +343,8 @@ INFER_ERRORS = [
     ),
     (
         O.PagedAttention(num_heads=2),
-        [*QKV, KVCacheType(2, 1, 8, DType.f16)],
-        "k f32[3,1,8] does not match the cache's dtype f16",
+        [*QKV, KVCacheType(2, 1, 8, DType.i32)],
+        "k f32[3,1,8] and the cache (i32) must both be float",
     ),
     (
         O.Add(),

@@ -10,6 +10,7 @@ from ferrumc.errors import PassError
 from ferrumc.ir import Graph
 from ferrumc.ir.interpreter import run_graph
 from ferrumc.ir.kvcache_ref import PagedKVCache
+from ferrumc.ir.types import DType
 from ferrumc.passes.rewrite_paged_attention import RewritePagedAttention
 
 # Two attentions (layers 0 and 1, the second with a sliding window) and a reshape naming "seq".
@@ -188,3 +189,29 @@ def test_rejects_a_graph_that_already_has_a_kv_cache_input(passes):
     )
     with pytest.raises(PassError, match="already has an input named 'kv_cache'; rename it"):
         RewritePagedAttention("prefill")(graph)
+
+
+def test_kv_dtype_sets_the_cache_type_and_leaves_the_attentions_alone(passes):
+    forward = passes.parse(BEFORE)
+    decode = passes.apply(RewritePagedAttention("decode", DType.f16), forward)
+    assert str(decode).strip() == EXPECTED_DECODE.strip().replace(
+        "head_dim=4,f32>", "head_dim=4,f16>"
+    )
+
+
+def test_an_f16_cache_rounds_what_it_stores(passes):
+    """Against the forward graph with k and v rounded to f16: equal up to f32 arithmetic."""
+    forward = passes.parse(BEFORE)
+    prefill = passes.apply(RewritePagedAttention("prefill", DType.f16), forward)
+    weights = passes.weights(forward)
+    cache = PagedKVCache.create(2, 1, 4, DType.f16, num_pages=8, page_size=2)
+    cache.add_sequence(0)
+    got = _call(prefill, cache, weights, PROMPTS[:1], [0])
+    exact = _forward(forward, weights, PROMPTS[0])
+    assert not np.array_equal(got, exact)  # the rounding shows
+    np.testing.assert_allclose(got, exact, rtol=5e-3, atol=5e-3)
+
+
+def test_rejects_a_kv_dtype_the_kernels_cannot_store():
+    with pytest.raises(PassError, match=r"cannot store the KV cache in i32; use one of f32, f16"):
+        RewritePagedAttention("decode", DType.i32)

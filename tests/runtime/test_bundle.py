@@ -65,7 +65,12 @@ def test_manifest_records_the_model_the_target_and_the_compile(llama_bundle, tin
     m = read_manifest(llama_bundle)
     loaded = load_hf(tiny_checkpoint("llama"))
     assert m.model["config"]["num_layers"] == loaded.config.num_layers
-    assert m.options == {"dtype": "f32", "quantize": None, "int4_activations": "int8"}
+    assert m.options == {
+        "dtype": "f32",
+        "quantize": None,
+        "int4_activations": "int8",
+        "kv_dtype": None,
+    }
     assert m.target["name"] == "llvm" and m.target["target"]["kind"] == "llvm"
     assert set(m.entry_points) == {"prefill", "decode"}
     # The compiled prefill projects only the rows the runtime asks for (select-logit-rows).
