@@ -20,6 +20,7 @@ from .fuse_qkv import FuseQKV
 from .manager import PassManager
 from .quantization import Int4Quantization
 from .rewrite_paged_attention import RewritePagedAttention
+from .split_heads import SplitHeads
 
 INT4_ACTIVATIONS = ("int8", "float")
 
@@ -57,6 +58,8 @@ def common_passes(options: CompileOptions) -> list[Pass]:
         FuseGateUp(),
         # One GEMM for q, k and v (and any other linears reading one input).
         FuseQKV(),
+        # Its output cut into heads after one reshape, so the cut fuses with what reads the heads.
+        SplitHeads(),
         # The residual add and the next norm in one pass over memory.
         FuseAddRMSNorm(),
         # After fusion, so the casts land on the final nodes; weight casts fold at compile time.

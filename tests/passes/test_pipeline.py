@@ -72,7 +72,7 @@ def test_op_counts_after_optimize():
             "concat": 4,  # qkv and gate_up weights, per layer
             "linear": 9,  # per layer qkv, o, gate_up, down; lm_head
             "split": 4,
-            "reshape": 8,
+            "reshape": 4,  # per layer the qkv output into heads (split-heads) and o's input
             "rotary": 4,
             "paged_attention": 2,
             "rms_norm": 1,  # layer 0's attn_norm reads the embedding: no add to fuse
@@ -134,8 +134,9 @@ def test_dump_layout(tmp_path):
         "00-input.ir",
         "01-fuse-gate-up.ir",
         "02-fuse-qkv.ir",
-        "03-fuse-add-rmsnorm.ir",
-        "04-cast-compute-dtype.ir",
+        "03-split-heads.ir",
+        "04-fuse-add-rmsnorm.ir",
+        "05-cast-compute-dtype.ir",
         "decode/00-input.ir",
         "decode/01-rewrite-paged-attention.ir",
         "decode/02-eliminate-dead-code.ir",
