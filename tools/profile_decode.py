@@ -7,7 +7,8 @@ Prefills one pseudo-random prompt per sequence, then times `--steps` decode step
 every call the decode function makes. The table groups calls by kernel, with calls per step
 and microseconds per call; "other" is the bare step less the sum of the kernels (the VM, the
 KV cache's begin/end, argument wrapping, logits to numpy). The instrument adds a few
-microseconds per call, so its total exceeds the bare step.
+microseconds per call, so its total exceeds the bare step. Last, the host side alone: the
+same steps with the compiled decode function replaced by a stub.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from ferrumc.codegen.tvm_import import tvm
 from ferrumc.runtime.launch import LaunchOptions, launch
 
 
@@ -69,6 +71,13 @@ def main() -> None:
     instrumented = steps()
     vm.set_instrument(None)
 
+    # The host side alone: the same calls with the compiled function replaced by a stub that
+    # returns logits at once (argument wrapping, the cache's begin/end, logits to numpy).
+    stub_logits = tvm.runtime.tensor(np.zeros((args.batch, ex.vocab_size), np.float32))
+    ex.library.vm = {"decode": lambda *_: stub_logits}
+    host = min(steps() for _ in range(3))
+    ex.library.vm = vm
+
     n = args.steps
     print(f"{args.bundle}: batch {args.batch}, {args.prompt}-token prompt, threads {args.threads}")
     print(
@@ -88,6 +97,7 @@ def main() -> None:
     print(f"{'(the rest)':48} {'':10} {'':8} {rest * 1e6:8.0f} {rest / bare:6.1%}")
     print(f"{'sum of kernels':48} {sum(calls.values()) / n:10.0f} {'':8} {kernels * 1e6:8.0f}")
     print(f"{'other (bare step - kernels)':48} {'':10} {'':8} {(bare - kernels) * 1e6:8.0f}")
+    print(f"host side of a step (compiled decode stubbed out): {host * 1e6:.0f} us")
 
 
 if __name__ == "__main__":
