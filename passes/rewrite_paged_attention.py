@@ -18,7 +18,7 @@ from typing import ClassVar
 
 from ..ir.graph import Graph, GraphBuilder, Node, Value, rebuild
 from ..ir.ops import ATTENTION_FORMS, Attention, Input, PagedAttention, Reshape
-from ..ir.types import DType, Dim, KVCacheType, Shape, TensorType
+from ..ir.types import Dim, DType, KVCacheType, Shape, TensorType
 from .base import Pass, PassContext
 from .patterns import emit1
 

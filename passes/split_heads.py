@@ -36,7 +36,7 @@ def head_splits(graph: Graph) -> dict[Node, tuple[int, tuple[Node, ...]]]:
         if not isinstance(node.op, Split) or len(node.types) < 2:
             continue
         x = node.inputs[0].tensor
-        if x.rank != 2 or node.op.axis not in (-1, 1):
+        if x.rank != 2 or node.op.axis not in (-1, 1) or not isinstance(x.shape[1], int):
             continue
         readers = [users.get(piece, []) for piece in node.outputs]
         if any(len(r) != 1 or not isinstance(r[0].op, Reshape) for r in readers):
@@ -67,8 +67,7 @@ class SplitHeads(Pass):
             if node in splits:
                 d, reshapes = splits[node]
                 total = node.inputs[0].tensor.shape[1]
-                assert isinstance(total, int)
-                whole = b.emit(Reshape((-1, total // d, d)), ins[0])
+                whole = b.emit(Reshape((-1, total // d, d)), ins[0])  # type: ignore[operator]
                 sizes = tuple(r.types[0].shape[1] for r in reshapes)  # type: ignore[union-attr]
                 pieces = b.emit(Split(axis=1, sizes=sizes), whole)  # type: ignore[arg-type]
                 assert isinstance(pieces, tuple)

@@ -8,7 +8,6 @@ global functions: add a sequence, declare each call's batch with `begin_forward(
 from __future__ import annotations
 
 import functools
-
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path

@@ -176,7 +176,10 @@ def test_every_pass_leaves_the_optimized_graph_alone(name):
     p = cls("prefill") if name == "rewrite-paged-attention" else cls()
     once = p(graph)
     assert str(p(once)) == str(once)
-    in_pipeline = {q.name for q in [*common_passes(CompileOptions()), *form_passes("prefill", CompileOptions())]}
+    in_pipeline = {
+        q.name
+        for q in [*common_passes(CompileOptions()), *form_passes("prefill", CompileOptions())]
+    }
     if name in in_pipeline:
         assert str(once) == str(graph)
 
