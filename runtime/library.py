@@ -80,7 +80,7 @@ class Library:
     def _arg(self, value: object) -> object:
         if not isinstance(value, np.ndarray):
             return value
-        if self._on_host and value.dtype != DType.bf16.numpy:
+        if self._on_host and value.size and value.dtype != DType.bf16.numpy:
             return tvm.runtime.from_dlpack(aligned_copy(value))
         return tvm.runtime.tensor(np.ascontiguousarray(value), self.device)
 
@@ -101,7 +101,7 @@ def on_host(device: tvm.runtime.Device) -> bool:
 
 def aligned_copy(array: np.ndarray) -> np.ndarray:
     """A writable, C-contiguous copy of `array` starting on a 64-byte boundary, which TVM
-    takes in place over DLPack."""
+    takes in place over DLPack (numpy may place an empty one anywhere)."""
     raw = np.empty(array.nbytes + 64, np.uint8)
     start = -raw.ctypes.data % 64
     out = raw[start : start + array.nbytes].view(array.dtype).reshape(array.shape)

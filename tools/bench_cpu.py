@@ -118,6 +118,16 @@ class Runs:
         return statistics.median(got) if got else float("nan")
 
 
+def adjacent_share(runs: Runs, decode_bytes: float) -> str:
+    """Each run's decode bytes per second over the read bandwidth measured just before it:
+    "adjacent median X%, A-B%"."""
+    pairs = zip(runs.values.get("decode1", []), runs.values.get("read_bw", []), strict=True)
+    shares = sorted(100 * d * decode_bytes / (bw * 1e9) for d, bw in pairs)
+    if not shares:
+        return "adjacent -"
+    return f"adjacent median {statistics.median(shares):.0f}%, {shares[0]:.0f}-{shares[-1]:.0f}%"
+
+
 def load_average() -> float:
     return os.getloadavg()[0]
 
@@ -281,7 +291,9 @@ def report(args, info, models, cases, compiled, ours, theirs, bandwidth, loads) 
         f"during runs: median {statistics.median(loads):.2f}, max {max(loads):.2f}",
         "- read bandwidth (STREAM-like, 1 GiB, 8 streams per thread, best of 5 passes, "
         "measured before and after the runs, the higher kept): "
-        + ", ".join(f"{t} thread{'s' * (t > 1)} {bandwidth[t]:.1f} GB/s" for t in args.threads),
+        + ", ".join(f"{t} thread{'s' * (t > 1)} {bandwidth[t]:.1f} GB/s" for t in args.threads)
+        + ". Adjacent: each ferrumc run's decode bytes per second over the bandwidth "
+        "measured just before it (best of 3 passes).",
         f"- {args.reps} repetition{'s' * (args.reps > 1)}, ferrumc and llama-bench alternating; medians. llama-bench: "
         f"`-p {PROMPT} -n {DECODE} -d 0,{PROMPT} -r {args.llama_reps}`. ferrumc: `ferrumc bench BUNDLE "
         f"--prompt-tokens {PROMPT} --decode-tokens {DECODE} --batch {BATCH}` (through the engine).",
@@ -295,7 +307,8 @@ def report(args, info, models, cases, compiled, ours, theirs, bandwidth, loads) 
             f"### {t} thread{'s' * (t > 1)}",
             "",
             "| model | engine | prefill 128 tok/s | decode b1 tok/s | decode b4 tok/s (total) "
-            "| load to 1st token s | peak RSS MiB | decode roofline tok/s (% reached) "
+            "| load to 1st token s | peak RSS MiB "
+            "| decode roofline tok/s (% reached; adjacent: per run) "
             "| ratio vs llama.cpp at the same width (F16 or Q4_0): prefill / decode b1 |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
@@ -313,7 +326,8 @@ def report(args, info, models, cases, compiled, ours, theirs, bandwidth, loads) 
             lines.append(
                 f"| {case.model} | ferrumc {case.dtype} | {fmt(r.median('prefill'))} | {fmt(d1)} "
                 f"| {fmt(r.median('decode4'))} | {fmt(r.median('first_token_s'), 2)} "
-                f"| {fmt(r.median('rss_mib'), 0)} | {roof:.1f} ({100 * d1 / roof:.0f}%) | {ratio} |"
+                f"| {fmt(r.median('rss_mib'), 0)} | {roof:.1f} ({100 * d1 / roof:.0f}%; "
+                f"{adjacent_share(r, c['decode_bytes'])}) | {ratio} |"
             )
         for (model, variant, threads), ref in theirs.items():
             if threads != t:
@@ -401,7 +415,9 @@ def main() -> None:
                     )
                 for case in (c for c in cases if c.model == model):
                     load = load_average()
-                    got = ferrumc_bench(compiled[case.name]["bundle"], t)
+                    # The bandwidth just before this run: the machine's drifts within minutes.
+                    adjacent = read_bandwidth(args.cache, t, reps=3)
+                    got = ferrumc_bench(compiled[case.name]["bundle"], t) | {"read_bw": adjacent}
                     ours.setdefault((case.name, t), Runs()).add(got, load)
                     loads.append(load)
                     print(
