@@ -77,13 +77,20 @@ def test_low_precision_generation_matches_the_interpreter(tiny_checkpoint, tmp_p
     assert np.abs(got - want.logits).max() <= RTOL[dtype] * np.abs(want.logits).max()
 
 
-def test_f16_kv_cache_under_f32_compute_matches_the_interpreter(tiny_checkpoint, tmp_path):
-    """--kv-dtype f16: TVM's cache stores (and attends in) f16, the graph around it stays f32.
-    The interpreter's reference cache rounds the stored keys and values alike; TVM also rounds
-    q and the attention output, hence a tolerance of f16's order, not f32's."""
-    module, weights, built = compiled(tiny_checkpoint, "llama", tmp_path, kv_dtype=DType.f16)
+@pytest.mark.parametrize(
+    ("dtype", "kv_dtype"),
+    [(DType.f32, DType.f16), pytest.param(DType.f16, DType.f32, marks=pytest.mark.slow)],
+)
+def test_kv_cache_in_another_dtype_matches_the_interpreter(
+    tiny_checkpoint, tmp_path, dtype, kv_dtype
+):
+    """--kv-dtype: TVM's cache stores (and attends in) its own dtype, the graph around it keeps
+    the compute dtype. The interpreter's reference cache rounds the stored keys and values
+    alike; TVM also casts q and the attention output, hence a tolerance of f16's order."""
+    module, weights, built = compiled(tiny_checkpoint, "llama", tmp_path, dtype, kv_dtype)
     ex = VMExecutor(built.library, weights)
-    assert ex.library.metadata["kv_cache"]["dtype"] == "float16"
+    stored = ex.library.metadata["kv_cache"]["dtype"]
+    assert stored == ("float16" if kv_dtype == DType.f16 else "float32")
     want = generate(module, weights, PROMPT, STEPS)
     got = _greedy(ex)
     assert np.argmax(got, axis=-1).tolist() == want.tokens
