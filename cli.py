@@ -118,9 +118,12 @@ def inspect_bundle(bundle: Path) -> None:
     click.echo(f"target:        {m.target['name']} ({m.target.get('machine', '?')})")
     click.echo(f"compute dtype: {m.options.get('dtype', 'f32')}")
     if m.kv_cache:
+        from .ir.types import FLOAT_DTYPES
+
         layers, heads, dim = (m.kv_cache[k] for k in ("num_layers", "num_kv_heads", "head_dim"))
-        kinds = {"float32": ("f32", 4), "float16": ("f16", 2), "bfloat16": ("bf16", 2)}
-        name, width = kinds.get(m.kv_cache["dtype"], (m.kv_cache["dtype"], 4))
+        # The manifest names TVM's dtype, which is numpy's name for it.
+        stored = next((d for d in FLOAT_DTYPES if d.numpy.name == m.kv_cache["dtype"]), None)
+        name, width = (stored.value, stored.numpy.itemsize) if stored else (m.kv_cache["dtype"], 4)
         per_token = 2 * layers * heads * dim * width
         click.echo(
             f"KV cache:      {name}, {per_token / 1024:g} KiB per token "

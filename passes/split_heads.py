@@ -25,6 +25,7 @@ from typing import ClassVar
 from ..ir.graph import Graph, GraphBuilder, Node, Value, rebuild
 from ..ir.ops import Reshape, Split
 from .base import Pass, PassContext
+from .patterns import emit1, emitn
 
 
 def head_splits(graph: Graph) -> dict[Node, tuple[int, tuple[Node, ...]]]:
@@ -67,10 +68,9 @@ class SplitHeads(Pass):
             if node in splits:
                 d, reshapes = splits[node]
                 total = node.inputs[0].tensor.shape[1]
-                whole = b.emit(Reshape((-1, total // d, d)), ins[0])  # type: ignore[operator]
+                whole = emit1(b, Reshape((-1, total // d, d)), ins[0])  # type: ignore[operator]
                 sizes = tuple(r.types[0].shape[1] for r in reshapes)  # type: ignore[union-attr]
-                pieces = b.emit(Split(axis=1, sizes=sizes), whole)  # type: ignore[arg-type]
-                assert isinstance(pieces, tuple)
+                pieces = emitn(b, Split(axis=1, sizes=sizes), whole)  # type: ignore[arg-type]
                 heads.update(zip(reshapes, pieces, strict=True))
                 return ins * len(node.types)  # only the reshapes read them, and they are replaced
             if node in heads:
