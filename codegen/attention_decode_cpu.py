@@ -22,14 +22,13 @@ in the graph.
 
 from __future__ import annotations
 
-import math
-
 import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
+from .tir_math import LOG2E, exp2
+
 F32 = "float32"
-LOG2E = math.log2(math.e)
 # TVM's kernels start the running max at -5e4 and the running sum at 1: kept for equal results.
 M_INIT, D_INIT = -5e4, 1.0
 # The score of a row past a page's last token: its weight 2^(MASKED - max) is exactly 0.
@@ -141,7 +140,7 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 16) 
                     acc_m[t, g], _lane_sum(score[t, T.Ramp(0, 1, page_size)], page_size, T.Max)
                 )
                 scale: T.let[T.float32] = _exp2_scalar(acc_m[t, g] - top[t])
-                score[t, T.Ramp(0, 1, page_size)] = _exp2(
+                score[t, T.Ramp(0, 1, page_size)] = exp2(
                     score[t, T.Ramp(0, 1, page_size)] - T.Broadcast(top[t], page_size), page_size
                 )
                 acc_den[t, g] = acc_den[t, g] * scale + _lane_sum(
@@ -297,45 +296,7 @@ def _transpose_sum(vectors: list[tirx.PrimExpr]) -> tirx.PrimExpr:
     return body
 
 
-# 2^f on [-0.5, 0.5]: Cephes' exp2f polynomial (relative error below 2e-7, against 6e-8
-# for libm's correctly rounded-ish exp2f), highest power first.
-_EXP2_POLY = (
-    1.535336188319500e-4,
-    1.339887440266574e-3,
-    9.618437357674640e-3,
-    5.550332471162809e-2,
-    2.402264791363012e-1,
-    6.931472028550421e-1,
-    1.0,
-)
-
-
 def _exp2_scalar(x: tirx.PrimExpr) -> tirx.PrimExpr:
-    """2^x for one float x <= 0, through `_exp2`: a call to libm's exp2f also clears the
-    vector registers' upper halves (vzeroupper) on each side."""
-    return T.Shuffle([_exp2(T.Broadcast(x, 2), 2)], [0])
-
-
-def _exp2(x: tirx.PrimExpr, lanes: int) -> tirx.PrimExpr:
-    """2^x in vector lanes for x <= 0 (0 below -126): libm's exp2f, called once per lane,
-    was a third of a decode call. 2^x = 2^n * 2^f with n = round(x), the power of two put
-    together in the float's exponent bits."""
-    f32, i32 = f"float32x{lanes}", f"int32x{lanes}"
-    xv = tirx.Var("x", f32)
-    nv = tirx.Var("n", f32)
-    fv = tirx.Var("f", f32)
-    poly = T.Broadcast(T.float32(_EXP2_POLY[0]), lanes)
-    for coef in _EXP2_POLY[1:]:
-        poly = poly * fv + T.Broadcast(T.float32(coef), lanes)
-    bits = T.shift_left(
-        T.Cast(i32, nv) + T.Broadcast(T.int32(127), lanes), T.Broadcast(T.int32(23), lanes)
-    )
-    value = poly * T.reinterpret(f32, bits)
-    clamped = T.max(xv, T.Broadcast(T.float32(-126.0), lanes))
-    body = tirx.Let(
-        nv,
-        T.floor(clamped + T.Broadcast(T.float32(0.5), lanes)),
-        tirx.Let(fv, clamped - nv, value),
-    )
-    zero = T.Broadcast(T.float32(0.0), lanes)
-    return tirx.Let(xv, x, T.Select(xv < T.Broadcast(T.float32(-126.0), lanes), zero, body))
+    """2^x for one float x <= 0, through the 2-lane polynomial: a call to libm's exp2f also
+    clears the vector registers' upper halves (vzeroupper) on each side."""
+    return T.Shuffle([exp2(T.Broadcast(x, 2), 2)], [0])

@@ -19,6 +19,9 @@ Without AVX-512 the lookup is replaced by a convert and an FMA per vector. With
 x to int8 and use vpdpbusd, llama.cpp's trade (codegen/int4_int8x_cpu.py): ~3-4x the float
 GEMV's speed per core, reaching the memory's read bandwidth on one thread.
 An optional perm (act-order: y = x[..., perm] @ w.T) is applied when x is reordered, for free.
+With `swiglu` (a fused gate/up matrix, gate rows first) the kernel returns silu(gate) * up,
+[M, N/2], from its accumulators: in the int8-x paths a task's rows r and r + rows/2 are gate
+and up rows j and j + N/2; in the GEMM each band pairs them inside its register tiles.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from tvm import relax as rx
 from tvm import tirx
 from tvm.script import tirx as T
 
-from . import int4_int8x_cpu
+from . import int4_int8x_cpu, tir_math
 from .int4_int8x_cpu import int8x_gemv, tasks_per_iteration
 from .linear_cpu import BAND_BYTES, GEMV_ROWS, _largest_divisor, gemm_band_tiles
 
@@ -50,6 +53,8 @@ class Int4Spec:
     zero_dtype: str | None = None  # None: symmetric, zero point 8
     bias_dtype: str | None = None
     has_perm: bool = False
+    # y's halves combined as silu(gate) * up: y[M, N/2] (ops.Int4Linear.swiglu); int8 x only.
+    swiglu: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,10 +119,15 @@ def int4_kernel(spec: Int4Spec, tiles: Int4Tiling) -> tirx.PrimFunc:
     def zero(Z, row, gi):
         return T.Cast(F32, Z[row, gi]) if spec.zero_dtype is not None else T.float32(8)
 
+    def biased(acc, B, j):
+        return acc + T.Cast(F32, B[j]) if spec.bias_dtype is not None else acc
+
     def epilogue(acc, B, j):
-        if spec.bias_dtype is not None:
-            acc = acc + T.Cast(F32, B[j])
-        return T.Cast(spec.x_dtype, acc)
+        return T.Cast(spec.x_dtype, biased(acc, B, j))
+
+    def glu(gate, up, B, j):
+        """Output j of a swiglu kernel from the sums of weight rows j (gate) and j + N/2 (up)."""
+        return T.Cast(spec.x_dtype, tir_math.silu(biased(gate, B, j)) * biased(up, B, j + n // 2))
 
     def lookup(tab, t, idx):
         """16 dequantized weights for the nibbles in idx's low 4 bits, from table row t."""
@@ -275,7 +285,17 @@ def int4_kernel(spec: Int4Spec, tiles: Int4Tiling) -> tirx.PrimFunc:
 
     # Prefill: x^T panels in the reordered input order, a band of weights dequantized once
     # per task in the same order, then linear_cpu's outer-product register tile.
-    band_tiles = gemm_band_tiles(k, tokens, mr, band, epilogue)
+    half, n_out = mr // 2, n // 2 if spec.swiglu else n
+
+    def band_row(jo, r):
+        """The weight row in row r of band jo: with swiglu each tile of mr rows pairs mr/2
+        gate rows with their up rows, N/2 further on (gemm_band_tiles)."""
+        if not spec.swiglu:
+            return jo * band + r
+        gate = jo * (band // 2) + r // mr * half + r % mr % half
+        return T.if_then_else(r % mr < half, gate, gate + n // 2)
+
+    band_tiles = gemm_band_tiles(k, tokens, mr, band, epilogue, glu if spec.swiglu else None)
 
     @T.macro
     def gemm(X, Q, S, Z, B, P, Y, m):
@@ -293,32 +313,39 @@ def int4_kernel(spec: Int4Spec, tiles: Int4Tiling) -> tirx.PrimFunc:
                     wf = T.sblock_alloc_buffer((band, k), F32)
                     for r, gi, c in T.grid(band, k // g, chunks):
                         for lane in T.vectorized(L):
-                            wf[r, gi * g + c * chunk + lane] = scale(S, jo * band + r, gi) * (
+                            wf[r, gi * g + c * chunk + lane] = scale(S, band_row(jo, r), gi) * (
                                 T.Cast(
                                     F32,
                                     T.bitwise_and(
-                                        Q[jo * band + r, gi * (g // 2) + c * L + lane], T.uint8(15)
+                                        Q[band_row(jo, r), gi * (g // 2) + c * L + lane],
+                                        T.uint8(15),
                                     ),
                                 )
-                                - zero(Z, jo * band + r, gi)
+                                - zero(Z, band_row(jo, r), gi)
                             )
-                            wf[r, gi * g + c * chunk + L + lane] = scale(S, jo * band + r, gi) * (
+                            wf[r, gi * g + c * chunk + L + lane] = scale(S, band_row(jo, r), gi) * (
                                 T.Cast(
                                     F32,
                                     T.shift_right(
-                                        Q[jo * band + r, gi * (g // 2) + c * L + lane], T.uint8(4)
+                                        Q[band_row(jo, r), gi * (g // 2) + c * L + lane],
+                                        T.uint8(4),
                                     ),
                                 )
-                                - zero(Z, jo * band + r, gi)
+                                - zero(Z, band_row(jo, r), gi)
                             )
                     band_tiles(wf, xt, B, Y, m, jo)
 
     # Int8 x: one macro per (weight rows per task, rows of x). Every (weight row, x row) pair
     # holds an accumulator and its operands in registers: 8 or 16 pairs.
+    # With swiglu every task holds pairs of rows (j, j + N/2): an even row count.
     r2 = _largest_divisor(n, (2, 1))
+    r8 = 2 if spec.swiglu else 1
+    assert int8x or not spec.swiglu, spec
     int8x_paths = {
-        (rows_, x_rows): int8x_gemv(spec, rows_, x_rows, x_at, scale, zero, epilogue, lane_sum)
-        for rows_, x_rows in ((rows, 1), (nt, 2), (r2, mt), (1, 8))
+        (rows_, x_rows): int8x_gemv(
+            spec, rows_, x_rows, x_at, scale, zero, epilogue, lane_sum, glu if spec.swiglu else None
+        )
+        for rows_, x_rows in ((rows, 1), (nt, 2), (r2, mt), (r8, 8))
         if int8x
     }
     xd_, sd = spec.x_dtype, spec.scale_dtype
@@ -340,7 +367,7 @@ def int4_kernel(spec: Int4Spec, tiles: Int4Tiling) -> tirx.PrimFunc:
         T.func_attr({"tirx.noalias": True})
         m = T.int64()
         X = T.match_buffer(x, (m, k), xd_)
-        Y = T.match_buffer(y, (m, n), xd_)
+        Y = T.match_buffer(y, (m, n_out), xd_)
         if m == 1:
             if bool(int8x):
                 int8x_paths[rows, 1](X, Q, S, Z, B, P, Y, T.Cast("int32", m))
@@ -358,7 +385,7 @@ def int4_kernel(spec: Int4Spec, tiles: Int4Tiling) -> tirx.PrimFunc:
                 gemv_batch(X, Q, S, Z, B, P, Y, m, mt)
         elif m <= GEMV_ROWS:
             if bool(int8x):
-                int8x_paths[1, 8](X, Q, S, Z, B, P, Y, T.Cast("int32", m))
+                int8x_paths[r8, 8](X, Q, S, Z, B, P, Y, T.Cast("int32", m))
             else:
                 gemv_batch(X, Q, S, Z, B, P, Y, m, mt)
         else:
@@ -380,6 +407,7 @@ def _name(spec: Int4Spec) -> str:
     parts += ["zeros"] if spec.zero_dtype else []
     parts += ["bias"] if spec.bias_dtype else []
     parts += ["perm"] if spec.has_perm else []
+    parts += ["swiglu"] if spec.swiglu else []
     return "_".join(parts)
 
 
@@ -394,9 +422,11 @@ def emit_int4_linear(
     group_size: int,
     vector_bits: int,
     int8_activations: bool = False,
+    swiglu: bool = False,
 ) -> rx.Expr | None:
-    """call_tir of the kernel for x[..., K] @ dequant(q).T (+ bias) in x's dtype, or None when
-    a shape is symbolic, leaving the generic TE lowering to take over."""
+    """call_tir of the kernel for x[..., K] @ dequant(q).T (+ bias) in x's dtype (with swiglu,
+    silu of its first half times its second), or None when a shape is symbolic or the kernel
+    lacks the epilogue, leaving the caller to take over."""
     n, half_k = q.ty.shape
     if not all(isinstance(d, tirx.IntImm) for d in (n, half_k)):
         return None
@@ -409,16 +439,20 @@ def emit_int4_linear(
         zero_dtype=None if zeros is None else zeros.ty.dtype,
         bias_dtype=None if bias is None else bias.ty.dtype,
         has_perm=perm is not None,
+        swiglu=swiglu,
     )
     tiles = int4_tiling(spec, vector_bits, int8_activations)
     if spec.group_size % (2 * tiles.lanes):
         return None
+    if swiglu and not (tiles.int8_activations and int4_int8x_cpu.supports(spec)):
+        return None  # the float GEMVs have no epilogue: the caller adds the ops after
     gv = bb.add_func(int4_kernel(spec, tiles), _name(spec))
     lead = list(x.ty.shape)[:-1]
     rows = x if len(lead) == 1 else bb.emit(rx.op.reshape(x, [-1, spec.k]))
     args = [rows, q, scales, *(a for a in (zeros, perm, bias) if a is not None)]
-    out = rx.TensorType([rows.ty.shape[0], spec.n], spec.x_dtype)
+    n_out = spec.n // 2 if swiglu else spec.n
+    out = rx.TensorType([rows.ty.shape[0], n_out], spec.x_dtype)
     y = bb.emit(rx.call_tir(gv, args, out_ty=out))
     if len(lead) != 1:
-        y = bb.emit(rx.op.reshape(y, [*lead, spec.n]))
+        y = bb.emit(rx.op.reshape(y, [*lead, n_out]))
     return y

@@ -56,13 +56,20 @@ def int8x_gemv(
     zero: Callable,
     epilogue: Callable,
     lane_sum: Callable,
+    glu: Callable | None = None,
 ) -> Callable:
     """The T.macro gemv_int8x(X, Q, S, Z, B, P, Y, m) for int4_cpu.int4_kernel's spec: m <= x_rows
     rows of x (rows past m repeat the last and are not stored) against `rows` weight rows per
-    task, each packed vector unpacked once for all x rows."""
+    task, each packed vector unpacked once for all x rows.
+
+    With `glu` (swiglu: rows even), a task's rows r and r + rows/2 are weight rows j and
+    j + N/2 (the stride is N / rows): their sums wait in a buffer until the task's rows are
+    done, then y[j] = glu(sum j, sum j + N/2, B, j) for its consecutive j, vectorized."""
     n, k, g = spec.n, spec.k, spec.group_size
     stride = n // rows
     per_task = tasks_per_iteration(stride)
+    paired = glu is not None
+    assert not paired or rows % 2 == 0, rows
     blocks, groups = k // BLOCK, k // g
     symmetric = spec.zero_dtype is None
     full, piece = k // 128, k % 128 // 64  # chunks of 128 inputs, then 0 or 1 of 64
@@ -187,7 +194,7 @@ def int8x_gemv(
         return r * stride + jb * per_task + ji
 
     @T.macro
-    def rows_dot(Q, S, Z, B, Y, m, xq, xinit, dx, xg, acc, jb, ji, head):
+    def rows_dot(Q, S, Z, B, Y, m, xq, xinit, dx, xg, acc, sums, jb, ji, head):
         """y for the task's rows at ji (each `rows` apart by the stride), the piece first if
         head."""
         for r in T.unroll(rows):
@@ -223,7 +230,10 @@ def int8x_gemv(
                                 * zero(Z, row_of(r, jb, ji), gi)
                                 * xg[i, gi]
                             )
-                    Y[i, row_of(r, jb, ji)] = epilogue(acc[i, r, 0], B, row_of(r, jb, ji))
+                    if paired:
+                        sums[i, r, ji] = acc[i, r, 0]
+                    else:
+                        Y[i, row_of(r, jb, ji)] = epilogue(acc[i, r, 0], B, row_of(r, jb, ji))
 
     @T.macro
     def gemv_int8x(X, Q, S, Z, B, P, Y, m):
@@ -240,15 +250,30 @@ def int8x_gemv(
             for jb in T.parallel(stride // per_task):
                 with T.sblock("int4_gemv_int8x_task"):
                     acc = T.sblock_alloc_buffer((x_rows, rows, 16), F32, scope="local")
+                    sums = T.sblock_alloc_buffer(
+                        (x_rows, rows, per_task) if paired else (1, 1, 1), F32, scope="local"
+                    )
                     if bool(head_first):
                         for jp in range(per_task // 2):
-                            rows_dot(Q, S, Z, B, Y, m, xq, xinit, dx, xg, acc, jb, 2 * jp,
+                            rows_dot(Q, S, Z, B, Y, m, xq, xinit, dx, xg, acc, sums, jb, 2 * jp,
                                      False)  # fmt: skip
-                            rows_dot(Q, S, Z, B, Y, m, xq_head, xinit, dx, xg, acc, jb,
+                            rows_dot(Q, S, Z, B, Y, m, xq_head, xinit, dx, xg, acc, sums, jb,
                                      2 * jp + 1, True)  # fmt: skip
                     else:
                         for ji in range(per_task):
-                            rows_dot(Q, S, Z, B, Y, m, xq, xinit, dx, xg, acc, jb, ji, False)
+                            rows_dot(Q, S, Z, B, Y, m, xq, xinit, dx, xg, acc, sums, jb, ji,
+                                     False)  # fmt: skip
+                    if paired:
+                        for i in T.unroll(x_rows):
+                            if i < m:
+                                for r in T.unroll(rows // 2):
+                                    for ji in T.vectorized(per_task):
+                                        Y[i, row_of(r, jb, ji)] = glu(
+                                            sums[i, r, ji],
+                                            sums[i, r + rows // 2, ji],
+                                            B,
+                                            row_of(r, jb, ji),
+                                        )
 
     return gemv_int8x
 

@@ -7,6 +7,7 @@ paged_attention (kv_cache.py); MoE routing and experts in lower_moe.py.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from itertools import accumulate
 
@@ -53,15 +54,18 @@ def _linear(ctx: LowerContext, node: Node, args: list[rx.Expr]) -> Sequence[rx.E
 
 def _int4_linear(ctx: LowerContext, node: Node, args: list[rx.Expr]) -> Sequence[rx.Expr]:
     """Fused dequantize + matmul: our TIR kernel on CPU (codegen/int4_cpu.py), else a TE
-    kernel that dlight's GPU rules schedule (and that serves group sizes the CPU kernel lacks)."""
+    kernel that dlight's GPU rules schedule (and that serves group sizes the CPU kernel lacks).
+    A swiglu linear whose kernel lacks the epilogue gets the split, SiLU and product after it."""
     op = node.op
     assert isinstance(op, ops.Int4Linear)
     x, q, scales, *rest = args
     zeros = rest.pop(0) if op.has_zeros else None
     perm = rest.pop(0) if op.has_perm else None
     bias = rest.pop(0) if op.has_bias else None
+    y = None
     if ctx.target.device == "cpu":
-        y = emit_int4_linear(
+        kernel = functools.partial(
+            emit_int4_linear,
             ctx.bb,
             x,
             q,
@@ -73,10 +77,11 @@ def _int4_linear(ctx: LowerContext, node: Node, args: list[rx.Expr]) -> Sequence
             ctx.target.vector_bits,
             ctx.int8_activations and "avx512_vnni" in ctx.target.features,
         )
-        if y is not None:
-            return (y,)
-    return (
-        ctx.emit_te(
+        if op.swiglu and (fused := kernel(swiglu=True)) is not None:
+            return (fused,)
+        y = kernel(swiglu=False)
+    if y is None:
+        y = ctx.emit_te(
             te_kernels.int4_linear,
             x,
             q,
@@ -86,8 +91,11 @@ def _int4_linear(ctx: LowerContext, node: Node, args: list[rx.Expr]) -> Sequence
             bias,
             op.group_size,
             name="int4_linear",
-        ),
-    )
+        )
+    if not op.swiglu:
+        return (y,)
+    gate, up = tuple_items(ctx, ctx.emit(rx.op.split(y, 2, axis=-1)), 2)
+    return (ctx.emit(rx.op.multiply(_silu_of(ctx, gate), up)),)
 
 
 def _int4_embedding(ctx: LowerContext, node: Node, args: list[rx.Expr]) -> Sequence[rx.Expr]:
@@ -171,10 +179,14 @@ def _in_f32(ctx: LowerContext, relax_op: Callable[[rx.Expr], rx.Expr], x: rx.Exp
     return cast(ctx, ctx.emit(relax_op(cast(ctx, x, F32))), x.ty.dtype)
 
 
-def _silu(ctx: LowerContext, node: Node, args: list[rx.Expr]) -> Sequence[rx.Expr]:
+def _silu_of(ctx: LowerContext, x: rx.Expr) -> rx.Expr:
     if ctx.target.device == "cpu":  # a vector polynomial exp instead of libm's, per element
-        return (ctx.emit_te(te_kernels.silu, args[0], name="silu"),)
-    return (_in_f32(ctx, rx.op.nn.silu, args[0]),)
+        return ctx.emit_te(te_kernels.silu, x, name="silu")
+    return _in_f32(ctx, rx.op.nn.silu, x)
+
+
+def _silu(ctx: LowerContext, node: Node, args: list[rx.Expr]) -> Sequence[rx.Expr]:
+    return (_silu_of(ctx, args[0]),)
 
 
 def _gelu(ctx: LowerContext, node: Node, args: list[rx.Expr]) -> Sequence[rx.Expr]:

@@ -83,7 +83,12 @@ def int4_linear(op: ops.Int4Linear, x: np.ndarray, q: np.ndarray, scales: np.nda
         x = np.take(x, perm, axis=-1)  # act-order: column k of q multiplies x[..., perm[k]]
     # The dequantized weight stays f32: the op's numerics are those of the unquantized matmul.
     w = dequantize_int4(q, scales, zeros, op.group_size)
-    return linear(ops.Linear(has_bias=op.has_bias), x, w, bias)
+    y = linear(ops.Linear(has_bias=op.has_bias), x, w, bias)
+    if op.swiglu:  # exactly the split, silu and mul it replaces
+        half = y.shape[-1] // 2
+        gate, up = split(ops.Split(axis=-1, sizes=(half, half)), y)
+        y = mul(ops.Mul(), silu(ops.SiLU(), gate), up)
+    return y
 
 
 def int4_embedding(op: ops.Int4Embedding, q: np.ndarray, scales: np.ndarray, *rest):

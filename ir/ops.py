@@ -186,6 +186,8 @@ class Int4Linear(Op):
     bias[N]?) -> [..., N] in x's dtype; scales and zeros may be in any float dtype.
     `perm` (act-order checkpoints, whose groups are scattered over K) reorders x's columns so that
     each group of q is contiguous: column k of q multiplies x[..., perm[k]]. Without it, perm = identity.
+    `swiglu`: the output is silu(y[..., :N/2]) * y[..., N/2:], [..., N/2] (a gated MLP's fused
+    gate/up projection, gate rows first, with its activation as the kernel's epilogue).
     """
 
     opname: ClassVar[str] = "int4_linear"
@@ -193,6 +195,7 @@ class Int4Linear(Op):
     has_zeros: bool = False
     has_perm: bool = False
     has_bias: bool = False
+    swiglu: bool = False
 
     def arity(self) -> int:
         return 3 + self.has_zeros + self.has_perm + self.has_bias
@@ -218,6 +221,12 @@ class Int4Linear(Op):
         if self.has_bias:
             b = _float(rest.pop(0), "bias")
             expect(b.shape == (n,), f"bias {b} must be [{n}]")
+        if self.swiglu:
+            expect(
+                isinstance(n, int) and n % 2 == 0,
+                f"swiglu needs an even out dim (gate rows, then up rows), got {q}",
+            )
+            n = n // 2  # type: ignore[operator]
         return (TensorType(x.dtype, (*x.shape[:-1], n)),)
 
 

@@ -17,6 +17,7 @@ from .eliminate_dead_code import EliminateDeadCode
 from .fuse_add_rmsnorm import FuseAddRMSNorm
 from .fuse_gate_up import FuseGateUp
 from .fuse_qkv import FuseQKV
+from .fuse_swiglu import FuseSwiGLU
 from .manager import PassManager
 from .quantization import Int4Quantization
 from .rewrite_paged_attention import RewritePagedAttention
@@ -69,6 +70,9 @@ def common_passes(options: CompileOptions) -> list[Pass]:
         # one quantize per matrix and fusions that need not know int4; GPTQ calibrates on the
         # activations of the compute dtype.
         *([options.quantize.quantize_pass()] if options.quantize else []),
+        # On the int4 gate/up linears the quantizer made (or the checkpoint brought): SiLU and
+        # the product as the kernel's epilogue.
+        FuseSwiGLU(),
     ]
 
 

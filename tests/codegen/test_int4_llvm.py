@@ -50,6 +50,10 @@ def _build(spec: Int4Spec, vector_bits: int, int8_activations: bool = False) -> 
         # K % 128 == 64 with even strides: odd rows take their 64-input piece first.
         (Int4Spec(256, 576, 32, "float16", "float16"), 512, True),
         (Int4Spec(512, 320, 64, "float32", "float16", "float16", "float32", True), 512, True),
+        # The SwiGLU epilogue: silu(first half) * second half, in the int8-x paths and the GEMM.
+        (Int4Spec(64, 384, 32, "float16", "float16", None, "float16", True, True), 512, True),
+        (Int4Spec(40, 576, 64, "float32", "float16", "float32", swiglu=True), 512, True),
+        (Int4Spec(512, 576, 32, "float32", "float16", swiglu=True), 512, True),
     ],
     ids=[
         "sym-g32-bias",
@@ -63,6 +67,9 @@ def _build(spec: Int4Spec, vector_bits: int, int8_activations: bool = False) -> 
         "int8x-g128-perm",
         "int8x-k576-piece-first",
         "int8x-asym-g64-bias-perm-k320-piece-first",
+        "swiglu-g32-bias-perm",
+        "swiglu-asym-g64-k576",
+        "swiglu-k576-piece-first",
     ],
 )
 def test_kernel_matches_numpy_dequantize_then_matmul(
@@ -89,13 +96,14 @@ def test_kernel_matches_numpy_dequantize_then_matmul(
     inputs += [bias] if spec.bias_dtype else []
     # The reference: w dequantized in f32, then a float64 matmul.
     w = np.repeat(scales.astype(np.float32), g, axis=1) * (q.astype(np.float32) - zero)
+    out = n // 2 if spec.swiglu else n
     for m in ROWS:
         x = rng.standard_normal((m, k)).astype(NUMPY[spec.x_dtype])
-        y = tvm.runtime.tensor(np.zeros((m, n), NUMPY[spec.x_dtype]), cpu)
+        y = tvm.runtime.tensor(np.zeros((m, out), NUMPY[spec.x_dtype]), cpu)
         lib(*(tvm.runtime.tensor(a, cpu) for a in (x, *inputs)), y)
         xs = x[:, perm] if spec.has_perm else x
         want = xs.astype(np.float64) @ w.astype(np.float64).T
-        want += bias.astype(np.float64) if spec.bias_dtype else 0
+        want = _epilogue(spec, want + (bias.astype(np.float64) if spec.bias_dtype else 0))
         got = y.numpy().astype(np.float64)
         if int8_activations and m <= GEMV_ROWS:
             # Decode (up to GEMV_ROWS rows) rounds x to int8 per block of 32: near the exact product, and equal (up to
@@ -104,9 +112,17 @@ def test_kernel_matches_numpy_dequantize_then_matmul(
             assert np.abs(got - want).max() <= tol, f"{np.abs(got - want).max()} > {tol}"
             zeros_ = inputs[2] if spec.zero_dtype else np.float32(8)
             want = np.stack([int8x_reference(row, q, scales, zeros_, g) for row in xs])
-            want += bias.astype(np.float64) if spec.bias_dtype else 0
+            want = _epilogue(spec, want + (bias.astype(np.float64) if spec.bias_dtype else 0))
         tol = RTOL[spec.x_dtype] * np.abs(want).max() + 1e-6
         assert np.abs(got - want).max() <= tol, f"m={m}: {np.abs(got - want).max()} > {tol}"
+
+
+def _epilogue(spec: Int4Spec, y: np.ndarray) -> np.ndarray:
+    """With swiglu, silu(gate) * up of the rows' sums y (gate rows first), in float64."""
+    if not spec.swiglu:
+        return y
+    gate, up = np.split(y, 2, axis=-1)
+    return gate / (1 + np.exp(-gate)) * up
 
 
 def test_tiles_pick_the_lookup_only_with_16_lanes():

@@ -137,6 +137,7 @@ def test_dump_layout(tmp_path):
         "03-split-heads.ir",
         "04-fuse-add-rmsnorm.ir",
         "05-cast-compute-dtype.ir",
+        "06-fuse-swiglu.ir",
         "decode/00-input.ir",
         "decode/01-rewrite-paged-attention.ir",
         "decode/02-eliminate-dead-code.ir",

@@ -31,11 +31,11 @@ EXPECTED = """
 graph forward(%x: f32[seq,64]) {
   %layers.0.up.weight = weight : f32[32,64]
   %0, %1 = quantize_int4(%layers.0.up.weight) group_size=32 symmetric=true dtype="f16" : u4[32,64], f16[32,2]
-  %2 = int4_linear(%x, %0, %1) group_size=32 has_zeros=false has_perm=false has_bias=false : f32[seq,32]
+  %2 = int4_linear(%x, %0, %1) group_size=32 has_zeros=false has_perm=false has_bias=false swiglu=false : f32[seq,32]
   %layers.0.down.weight = weight : f32[64,32]
   %layers.0.down.bias = weight : f32[64]
   %3, %4 = quantize_int4(%layers.0.down.weight) group_size=32 symmetric=true dtype="f16" : u4[64,32], f16[64,1]
-  %5 = int4_linear(%2, %3, %4, %layers.0.down.bias) group_size=32 has_zeros=false has_perm=false has_bias=true : f32[seq,64]
+  %5 = int4_linear(%2, %3, %4, %layers.0.down.bias) group_size=32 has_zeros=false has_perm=false has_bias=true swiglu=false : f32[seq,64]
   %lm_head.weight = weight : f32[16,64]
   %6 = linear(%5, %lm_head.weight) has_bias=false : f32[seq,16]
   return logits=%6
@@ -59,7 +59,7 @@ graph forward(%x: bf16[seq,64]) {
   %b.weight = weight : bf16[32,64]
   %0 = concat(%a.weight, %b.weight) axis=0 : bf16[64,64]
   %1, %2, %3 = quantize_int4(%0) group_size=64 symmetric=false dtype="bf16" : u4[64,64], bf16[64,1], bf16[64,1]
-  %4 = int4_linear(%x, %1, %2, %3) group_size=64 has_zeros=true has_perm=false has_bias=false : bf16[seq,64]
+  %4 = int4_linear(%x, %1, %2, %3) group_size=64 has_zeros=true has_perm=false has_bias=false swiglu=false : bf16[seq,64]
   return h=%4
 }
 """
