@@ -3,8 +3,8 @@
 Each kernel holds a GEMV path (one row), a batched GEMV path and a GEMM path picked at run
 time, so every case runs rows on each side of the switches (1, 3, 8, 17, 64) and partial GEMM
 panels. Cases cover symmetric and asymmetric zero points, groups of 32, 64 and 128, bias,
-act-order perm, f32 and f16 x, f16 and f32 scales, and the convert + FMA path of CPUs without
-AVX-512 (chosen here by asking for 256-bit vectors).
+act-order perm, f32 and f16 x, f16 and f32 scales, the convert + FMA path of CPUs without
+AVX-512 (chosen here by asking for 256-bit vectors), and the SwiGLU epilogue.
 """
 
 from __future__ import annotations

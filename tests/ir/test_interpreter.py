@@ -9,7 +9,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from ferrumc.errors import CheckpointError, RequestError
+from ferrumc.errors import CheckpointError, RequestError, VerifyError
 from ferrumc.ir import GraphBuilder, ops
 from ferrumc.ir.int4 import pack_int4, unpack_int4
 from ferrumc.ir.interpreter import KERNELS, run_graph
@@ -74,6 +74,24 @@ def test_int4_linear(has_zeros: bool, has_bias: bool) -> None:
                 zero = float(zeros[r, c // g]) if has_zeros else 8.0
                 total += float(x[t, c]) * float(scales[r, c // g]) * (int(q[r, c]) - zero)
             assert out[t, r] == pytest.approx(total, abs=1e-4)
+
+
+def test_int4_linear_swiglu_is_silu_of_the_first_half_times_the_second() -> None:
+    n, k, g = 6, 8, 4
+    q = RNG.integers(0, 16, (n, k))
+    scales, bias, x = rand(n, k // g), rand(n), rand(3, k)
+    y = run(ops.Int4Linear(group_size=g, has_bias=True), x, pack_int4(q), scales, bias)
+    out = run(
+        ops.Int4Linear(group_size=g, has_bias=True, swiglu=True), x, pack_int4(q), scales, bias
+    )
+    gate, up = y[:, :3].astype(np.float64), y[:, 3:].astype(np.float64)
+    np.testing.assert_allclose(out, gate / (1 + np.exp(-gate)) * up, rtol=1e-5, atol=1e-6)
+    b = GraphBuilder("odd")
+    xv = b.input("x", TensorType(DType.f32, (2, 8)))
+    codes = b.weight("q", DType.u4, (5, 8))
+    s = b.weight("s", DType.f32, (5, 2))
+    with pytest.raises(VerifyError, match="swiglu needs an even out dim"):
+        b.emit(ops.Int4Linear(group_size=4, swiglu=True), xv, codes, s)
 
 
 @pytest.mark.parametrize("has_zeros", [False, True])
