@@ -117,10 +117,10 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 16) 
         # decode step (tools/ab_decode.py): 0.96-0.97 at 480-544 tokens of context, 0.97-1.0
         # at 128-192; Qwen2.5-0.5B's (2 KV heads) 1.0 at both.
         for p in range(p_hi - p_lo):
+            page_id: T.let[T.int32] = values[page_begin + p_lo + p]
             for line in range(page_size * d // LINE):
                 for kv in range(2):
                     row, col = line * LINE // d, line * LINE % d
-                    page_id: T.let[T.int32] = values[page_begin + p_lo + p]
                     T.evaluate(_prefetch(T.address_of(pages[page_id, kv, hk, row, col])))
         for g in range(group):
             for dd in T.vectorized(d):
@@ -139,7 +139,7 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 16) 
                 top[t] = T.max(
                     acc_m[t, g], _lane_sum(score[t, T.Ramp(0, 1, page_size)], page_size, T.Max)
                 )
-                scale: T.let[T.float32] = _exp2_scalar(acc_m[t, g] - top[t])
+                scale: T.let[T.float32] = exp2(acc_m[t, g] - top[t])
                 score[t, T.Ramp(0, 1, page_size)] = exp2(
                     score[t, T.Ramp(0, 1, page_size)] - T.Broadcast(top[t], page_size), page_size
                 )
@@ -227,9 +227,9 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 16) 
                 merged[0] = T.float32(M_INIT)
                 for sp in range(n_split):
                     merged[0] = T.max(merged[0], acc_m[t0 + sp, g])
-                merged[1] = T.float32(D_INIT) * _exp2_scalar(T.float32(M_INIT) - merged[0])
+                merged[1] = T.float32(D_INIT) * exp2(T.float32(M_INIT) - merged[0])
                 for sp in range(n_split):
-                    weight: T.let[T.float32] = _exp2_scalar(acc_m[t0 + sp, g] - merged[0])
+                    weight: T.let[T.float32] = exp2(acc_m[t0 + sp, g] - merged[0])
                     merged[1] = merged[1] + acc_den[t0 + sp, g] * weight
                     if sp == 0:
                         for dd in T.vectorized(d):
@@ -294,9 +294,3 @@ def _transpose_sum(vectors: list[tirx.PrimExpr]) -> tirx.PrimExpr:
     for var, value in reversed(bindings):
         body = tirx.Let(var, value, body)
     return body
-
-
-def _exp2_scalar(x: tirx.PrimExpr) -> tirx.PrimExpr:
-    """2^x for one float x <= 0, through the 2-lane polynomial: a call to libm's exp2f also
-    clears the vector registers' upper halves (vzeroupper) on each side."""
-    return T.Shuffle([exp2(T.Broadcast(x, 2), 2)], [0])

@@ -84,10 +84,11 @@ class FuseSwiGLU(Pass):
 
         def rule(node: Node, ins: tuple[Value, ...], b: GraphBuilder) -> tuple[Value, ...] | None:
             if node in chains:
+                mul = chains[node][2]
                 op = dataclasses.replace(node.op, swiglu=True)  # type: ignore[type-var]
-                fused[chains[node][2]] = emit1(b, op, *ins)
+                fused[mul] = emit1(b, op, *ins)
                 # A placeholder: only the split reads it, and the split is dropped.
-                return (fused[chains[node][2]],)
+                return (fused[mul],)
             if node in dropped:  # placeholders again, read only by what is dropped or replaced
                 return ins * len(node.types)
             return (fused[node],) if node in fused else None
