@@ -26,7 +26,7 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
-from .tir_math import LOG2E, exp2
+from .tir_math import LOG2E, exp2, prefetch
 
 F32 = "float32"
 # TVM's kernels start the running max at -5e4 and the running sum at 1: kept for equal results.
@@ -121,7 +121,7 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 16) 
             for line in range(page_size * d // LINE):
                 for kv in range(2):
                     row, col = line * LINE // d, line * LINE % d
-                    T.evaluate(_prefetch(T.address_of(pages[page_id, kv, hk, row, col])))
+                    T.evaluate(prefetch(T.address_of(pages[page_id, kv, hk, row, col])))
         for g in range(group):
             for dd in T.vectorized(d):
                 acc_o[t, g, dd] = T.float32(0)
@@ -255,11 +255,6 @@ def _lane_sum(vec: tirx.PrimExpr, lanes: int, combine: type = tirx.Add) -> tirx.
         high = T.vectorhigh(f"float32x{lanes}", half) if lanes > 1 else T.Shuffle([half], [1])
         vec = tirx.Let(half, vec, combine(low, high))
     return vec
-
-
-def _prefetch(address: tirx.PrimExpr) -> tirx.PrimExpr:
-    """Fetch the cache line at `address` into all cache levels (a read; no fault if bad)."""
-    return T.call_llvm_intrin("void", "llvm.prefetch.p0", address, 0, 3, 1)
 
 
 def _pairwise_sum(terms: list[tirx.PrimExpr]) -> tirx.PrimExpr:

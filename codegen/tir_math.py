@@ -1,6 +1,6 @@
 """Elementary functions as TIR expressions for our CPU kernels: polynomials that vectorize,
 where TIR's exp on llvm is a libm call per element (and each call also clears the vector
-registers' upper halves)."""
+registers' upper halves); and a cache-line prefetch."""
 
 from __future__ import annotations
 
@@ -54,3 +54,9 @@ def silu(x: tirx.PrimExpr) -> tirx.PrimExpr:
     sigmoid = T.Select(xv >= tirx.const(0.0, "float32"), one, tv) / (one + tv)
     body = tirx.Let(tv, exp2(-T.fabs(xv) * tirx.const(LOG2E, "float32")), xv * sigmoid)
     return tirx.Let(xv, x, body)
+
+
+def prefetch(address: tirx.PrimExpr) -> tirx.PrimExpr:
+    """Fetch the cache line at `address` into all cache levels: a read hint that never faults,
+    so an address past the end of a buffer is harmless."""
+    return T.call_llvm_intrin("void", "llvm.prefetch.p0", address, 0, 3, 1)
