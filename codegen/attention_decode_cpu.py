@@ -119,9 +119,9 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 16) 
         for p in range(p_hi - p_lo):
             page_id: T.let[T.int32] = values[page_begin + p_lo + p]
             for line in range(page_size * d // LINE):
-                for kv in range(2):
-                    row, col = line * LINE // d, line * LINE % d
-                    T.evaluate(prefetch(T.address_of(pages[page_id, kv, hk, row, col])))
+                # (The K or V block is contiguous: its lines, indexed past the last dim.)
+                T.evaluate(prefetch(T.address_of(pages[page_id, 0, hk, 0, line * LINE])))
+                T.evaluate(prefetch(T.address_of(pages[page_id, 1, hk, 0, line * LINE])))
         for g in range(group):
             for dd in T.vectorized(d):
                 acc_o[t, g, dd] = T.float32(0)
