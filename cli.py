@@ -272,13 +272,11 @@ def compile(
         click.echo(str(path))
         return
     from .frontend.resolve import load_model
-    from .ir.types import DType
     from .passes.calibration import pass_context
     from .passes.pipeline import CompileOptions, optimize
 
     loaded = load_model(model, keep_int4=quantize is not None)  # as compile_model loads it
-    kv = DType(kv_dtype) if kv_dtype else None
-    options = CompileOptions(dtype=DType(dtype), quantize=quantize, kv_dtype=kv)
+    options = CompileOptions.from_flags(dtype, quantize, kv_dtype=kv_dtype)
     module = optimize(loaded.graph(), options, dump_ir, ctx=pass_context(loaded))
     click.echo(str(module), nl=False)
 

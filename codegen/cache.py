@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CodegenError
 from ..frontend.pull import sha256_of
 from .bundle import FORMAT_VERSION
 
@@ -151,16 +150,11 @@ def cached_bundle(
 
     from .. import __version__
     from ..frontend.resolve import resolve_model
-    from ..ir.types import DType
     from ..passes.pipeline import CompileOptions
     from .compile import compile_model, options_record
     from .targets import get_target
 
-    try:
-        kv = DType.parse(kv_dtype) if kv_dtype else None
-        options = CompileOptions(DType.parse(dtype), quantize, int4_activations, kv)
-    except ValueError as e:
-        raise CodegenError(f"compile dtype: {e}") from None
+    options = CompileOptions.from_flags(dtype, quantize, int4_activations, kv_dtype)
     chosen = get_target(target)
     identity = model_identity(resolve_model(ref))
     versions = {

@@ -244,7 +244,6 @@ def compile_command(
             rebuild=dump_ir is not None,
             dump_ir=dump_ir,
         )
-    kv = DType(kv_dtype) if kv_dtype else None
-    options = CompileOptions(DType(dtype), quantize, int4_activations, kv)
+    options = CompileOptions.from_flags(dtype, quantize, int4_activations, kv_dtype)
     compile_model(ref, output, target=target, options=options, dump_ir=dump_ir)
     return output

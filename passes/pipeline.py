@@ -43,6 +43,21 @@ class CompileOptions:
     # and the attention output.
     kv_dtype: DType | None = None
 
+    @classmethod
+    def from_flags(
+        cls,
+        dtype: str = "f32",
+        quantize: Int4Quantization | None = None,
+        int4_activations: str = "int8",
+        kv_dtype: str | None = None,
+    ) -> CompileOptions:
+        """The options `ferrumc compile`'s flags spell (`--dtype f16`, `--kv-dtype f16`)."""
+        try:
+            kv = DType.parse(kv_dtype) if kv_dtype else None
+            return cls(DType.parse(dtype), quantize, int4_activations, kv)
+        except ValueError as e:
+            raise PassError(f"compile dtype: {e}") from None
+
     def __post_init__(self) -> None:
         if self.int4_activations not in INT4_ACTIVATIONS:
             raise PassError(

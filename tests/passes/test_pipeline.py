@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import ferrumc.passes
+from ferrumc.errors import PassError
 from ferrumc.ir import DType, Graph, GraphBuilder, TensorType, Value
 from ferrumc.ir import ops as O
 from ferrumc.ir.kvcache_ref import PagedKVCache
@@ -225,3 +226,15 @@ def test_frontend_graphs_survive_the_pipeline(passes, model_type):
     for step in range(2):
         want = forward_logits(forward, weights, prompt + gen.tokens[:step])[-1]
         np.testing.assert_allclose(gen.logits[step], want, atol=1e-4)
+
+
+def test_compile_options_from_the_cli_spellings():
+    options = CompileOptions.from_flags("f16", None, "float", "f16")
+    assert (options.dtype, options.int4_activations, options.kv_dtype) == (
+        DType.f16,
+        "float",
+        DType.f16,
+    )
+    assert CompileOptions.from_flags().kv_dtype is None  # the compute dtype's cache
+    with pytest.raises(PassError, match=r"compile dtype: unknown dtype 'f64'; valid: f32, f16"):
+        CompileOptions.from_flags(kv_dtype="f64")
