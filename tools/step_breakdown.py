@@ -82,10 +82,9 @@ def main() -> None:
             compile_variant(args.model, out, args.quantize, keep)
             bundles.append(str(out))
         ab = Path(__file__).with_name("ab_decode.py")
-        cmd = [sys.executable, str(ab), *bundles, "--threads", str(args.threads)]
-        result = subprocess.run(
-            [*cmd, "--rounds", str(args.rounds)], check=True, capture_output=True, text=True
-        )
+        cmd = [sys.executable, str(ab), *bundles]
+        cmd += ["--threads", str(args.threads), "--rounds", str(args.rounds)]
+        result = subprocess.run(cmd, check=True, capture_output=True, text=True)
     print(result.stdout, end="")
     medians = [float(line.split()[-3]) for line in result.stdout.splitlines()[-3:]]
     full, linears, vm = medians
