@@ -15,9 +15,10 @@ with zero points, it is summed per row over groups. `int8x_reference` is the sam
 numpy, for tests. Needs K % 64 == 0 and a group size that is a multiple of 32; rows are spread
 over tasks as in the float GEMV, and each packed vector serves every row of x.
 
-Each of a task's row streams asks for its line PREFETCH_BYTES ahead as it goes, and for its
-scales' (and zero points') PREFETCH_SCALE_BYTES ahead once per row: decode GEMVs 10-17% faster
-on 1 and 2 threads with weights from DRAM, at every shape timed (codegen/NOTES.md).
+Each of a task's row streams asks for its line tir_math.PREFETCH_BYTES ahead as it goes, and
+for its scales' (and zero points') PREFETCH_SCALE_BYTES ahead once per row: decode GEMVs
+10-17% faster on 1 and 2 threads with weights from DRAM, at every shape timed
+(codegen/NOTES.md).
 """
 
 from __future__ import annotations
@@ -26,11 +27,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
-import tvm
 from tvm.script import tirx as T
 
 from .linear_cpu import _largest_divisor
-from .tir_math import prefetch
+from .tir_math import PREFETCH_BYTES, elements_in, prefetch
 
 if TYPE_CHECKING:  # int4_cpu imports this module
     from .int4_cpu import Int4Spec
@@ -39,10 +39,9 @@ F32 = "float32"
 BLOCK = 32  # inputs per int8 block of x
 DPBUSD = "llvm.x86.avx512.vpdpbusd.512"
 DPBUSD_YMM = "llvm.x86.avx512.vpdpbusd.256"
-# How far ahead a row stream prefetches (see the module's doc): its packed bytes, per chunk of
-# 64; its scales and zero points, per row (a row of SmolLM2's holds 288 + 36 bytes). Timed at
-# 256-1024 and 128-256: all within a few percent of each other, none prefetching 10-17% slower.
-PREFETCH_BYTES = 512
+# How far ahead a row stream prefetches its scales and zero points, once per row (its packed
+# bytes go tir_math.PREFETCH_BYTES ahead, per chunk of 64; a row of SmolLM2's holds 288 + 36
+# bytes). Timed at 128 and 256: within a few percent of each other.
 PREFETCH_SCALE_BYTES = 128
 
 
@@ -83,10 +82,8 @@ def int8x_gemv(
     assert not paired or rows % 2 == 0, rows
     blocks, groups = k // BLOCK, k // g
     symmetric = spec.zero_dtype is None
-    scale_ahead = PREFETCH_SCALE_BYTES // (tvm.DataType(spec.scale_dtype).bits // 8)
-    zero_ahead = (
-        0 if symmetric else PREFETCH_SCALE_BYTES // (tvm.DataType(spec.zero_dtype).bits // 8)
-    )
+    scale_ahead = elements_in(PREFETCH_SCALE_BYTES, spec.scale_dtype)
+    zero_ahead = 0 if symmetric else elements_in(PREFETCH_SCALE_BYTES, spec.zero_dtype)
     full, piece = k // 128, k % 128 // 64  # chunks of 128 inputs, then 0 or 1 of 64
     # A row of K % 128 == 64 inputs is 64 m + 32 bytes: odd rows start 32 bytes into a cache
     # line, and their 64-byte loads would each straddle two lines (~25% slower streaming). Odd

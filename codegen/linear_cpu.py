@@ -20,18 +20,15 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import tvm
 from tvm import relax as rx
 from tvm import tirx
 from tvm.script import tirx as T
 
-from .tir_math import prefetch
+from .tir_math import PREFETCH_BYTES, elements_in, prefetch
 
 F32 = "float32"
 # At most this many rows take the GEMV path (decode batches); more take the GEMM path.
 GEMV_ROWS = 8
-# How far ahead the GEMVs' row streams prefetch their weights (as in int4_int8x_cpu.py).
-PREFETCH_BYTES = 512
 
 
 @dataclass(frozen=True)
@@ -194,7 +191,7 @@ def linear_kernel(spec: LinearSpec, tiles: Tiling) -> tirx.PrimFunc:
     stride, bstride = n // rows, n // nt
     # Each row stream also asks for its weights PREFETCH_BYTES ahead, once per vector:
     # decode GEMVs 5-10% faster with weights from DRAM, a 49,152-row head ~30% (NOTES.md).
-    ahead = PREFETCH_BYTES * 8 // tvm.DataType(spec.w_dtype).bits
+    ahead = elements_in(PREFETCH_BYTES, spec.w_dtype)
 
     @T.macro
     def gemv(X, W, B, Y):

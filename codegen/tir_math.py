@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
@@ -54,6 +55,17 @@ def silu(x: tirx.PrimExpr) -> tirx.PrimExpr:
     sigmoid = T.Select(xv >= tirx.const(0.0, "float32"), one, tv) / (one + tv)
     body = tirx.Let(tv, exp2(-T.fabs(xv) * tirx.const(LOG2E, "float32")), xv * sigmoid)
     return tirx.Let(xv, x, body)
+
+
+# How far ahead a decode GEMV's row stream prefetches its weights (int4_int8x_cpu.py,
+# linear_cpu.py): 256-1024 bytes timed within a few percent of each other, and no prefetch
+# 5-17% slower (codegen/NOTES.md).
+PREFETCH_BYTES = 512
+
+
+def elements_in(nbytes: int, dtype: str) -> int:
+    """How many `dtype` elements `nbytes` bytes hold: a prefetch distance as an index offset."""
+    return nbytes * 8 // tvm.DataType(dtype).bits
 
 
 def prefetch(address: tirx.PrimExpr) -> tirx.PrimExpr:

@@ -1,7 +1,7 @@
-"""The decode GEMVs' software prefetch (int4_int8x_cpu.PREFETCH_BYTES, linear_cpu.PREFETCH_BYTES)
-reaches the machine code: one prefetch per row stream of a task (8 rows) at least; the kernels
-had none before. Their results are checked elsewhere (test_int4_llvm.py,
-test_schedule_linear.py); a prefetch changes none."""
+"""The decode GEMVs' software prefetch (tir_math.PREFETCH_BYTES) reaches the machine code: one
+prefetch per row stream of a task (8 rows) at least; the kernels had none before. Their
+results are checked elsewhere (test_int4_llvm.py, test_schedule_linear.py); a prefetch
+changes none."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import re
 import pytest
 import tvm
 
-from ferrumc.codegen import int4_int8x_cpu, linear_cpu
+from ferrumc.codegen import linear_cpu, tir_math
 from ferrumc.codegen.int4_cpu import Int4Spec, int4_kernel, int4_tiling
 from ferrumc.codegen.targets import TARGETS
 
@@ -29,7 +29,7 @@ def prefetches(func: tvm.tirx.PrimFunc) -> int:
 def test_int8x_gemv_prefetches_its_rows(k):
     spec = Int4Spec(64, k, 32, "float16", "float16")
     tiles = int4_tiling(spec, 512, int8_activations=True)
-    assert tiles.gemv_rows == ROWS and int4_int8x_cpu.PREFETCH_BYTES > 0
+    assert tiles.gemv_rows == ROWS and tir_math.PREFETCH_BYTES > 0
     # Each row's packed bytes and its scales.
     assert prefetches(int4_kernel(spec, tiles)) >= 2 * ROWS
 
@@ -38,5 +38,5 @@ def test_int8x_gemv_prefetches_its_rows(k):
 def test_float_gemv_prefetches_its_rows(dtype):
     spec = linear_cpu.LinearSpec(64, 256, dtype, dtype, dtype)
     tiles = linear_cpu.tiling(spec, 512)
-    assert tiles.gemv_rows == ROWS and linear_cpu.PREFETCH_BYTES > 0
+    assert tiles.gemv_rows == ROWS and tir_math.PREFETCH_BYTES > 0
     assert prefetches(linear_cpu.linear_kernel(spec, tiles)) >= ROWS
