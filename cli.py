@@ -395,6 +395,13 @@ def bench(
 @click.option(
     "--max-waiting", type=int, default=64, show_default=True, help="Queued beyond the batch: 503."
 )
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds in-flight requests get to finish after Ctrl-C or SIGTERM.",
+)
 @friendly_errors
 def serve(
     model: str,
@@ -407,6 +414,7 @@ def serve(
     served_model_name: str | None,
     max_batch_size: int,
     max_waiting: int,
+    drain_timeout: float,
     threads: int | None,
 ) -> None:
     """Serve MODEL or BUNDLE (default: the embedded SmolLM2) with an OpenAI-compatible API."""
@@ -423,7 +431,7 @@ def serve(
         max_batch_size=max_batch_size,
         threads=threads,
     )
-    options = ServeOptions(host, port, served_model_name, settings=settings)
+    options = ServeOptions(host, port, served_model_name, drain_timeout, settings)
     run_server(model, launch_opts, options)
 
 

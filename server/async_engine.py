@@ -40,8 +40,15 @@ class QueueFull(Exception):
     """More sequences are in flight than the server admits; retry later."""
 
 
-class EngineFailed(Exception):
-    """The engine raised while stepping; the requests it was running are lost."""
+class Ended(Exception):
+    """Requests were ended before they finished: the engine raised, or the server is stopping now.
+
+    Carries the HTTP status and OpenAI error code the handlers answer with.
+    """
+
+    def __init__(self, message: str, *, status: int = 500, code: str = "engine_failed") -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
 
 
 class Generation:
@@ -50,14 +57,14 @@ class Generation:
     def __init__(self, engine: AsyncEngine, request_ids: Sequence[str]) -> None:
         self.request_ids = tuple(request_ids)
         self._engine = engine
-        self._queue: asyncio.Queue[tuple[int, RequestOutput] | BaseException] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[int, RequestOutput] | Ended] = asyncio.Queue()
         self._open = set(range(len(request_ids)))
 
     async def outputs(self) -> AsyncIterator[tuple[int, RequestOutput]]:
         """(choice index, output) as steps produce them, until every sequence has finished."""
         while self._open:
             item = await self._queue.get()
-            if isinstance(item, BaseException):
+            if isinstance(item, Ended):
                 self._open.clear()
                 raise item
             index, out = item
@@ -75,7 +82,7 @@ class Generation:
     def finished(self) -> bool:
         return not self._open
 
-    def _deliver(self, item: tuple[int, RequestOutput] | BaseException) -> None:
+    def _deliver(self, item: tuple[int, RequestOutput] | Ended) -> None:
         self._queue.put_nowait(item)
 
 
@@ -142,7 +149,7 @@ class AsyncEngine:
                 outputs = self.engine.step()
             except Exception as e:
                 log.exception("the engine failed in step(); failing its requests")
-                self._call(self._fail_all, e)
+                self._call(self.end_all, Ended(f"the engine failed: {type(e).__name__}: {e}"))
                 self._stop.wait(IDLE_POLL_S)  # no hot loop if it keeps failing
                 continue
             if outputs:
@@ -167,9 +174,9 @@ class AsyncEngine:
                 del self._routes[out.request_id]
             generation._deliver((index, out))
 
-    def _fail_all(self, error: Exception) -> None:
-        failed = EngineFailed(f"the engine failed: {type(error).__name__}: {error}")
+    def end_all(self, error: Ended) -> None:
+        """End every request in flight with `error` and free its KV pages."""
         for request_id, (generation, _) in list(self._routes.items()):
             self.engine.abort(request_id)
-            generation._deliver(failed)
+            generation._deliver(error)
         self._routes.clear()

@@ -22,7 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from ..errors import RequestError
 from ..runtime.types import Request, SamplingParams
-from .async_engine import EngineFailed, Generation, QueueFull
+from .async_engine import Ended, Generation, QueueFull
 from .errors import APIError, from_request_error, invalid
 from .protocol import check_model, parse_chat, parse_completion
 from .responses import (
@@ -292,8 +292,8 @@ async def _stream(
         try:
             async for chunk in chunks:
                 await response.write(_sse(chunk))
-        except EngineFailed as e:  # the status is sent already: report it in the stream
-            await response.write(_sse(APIError(500, str(e), code="engine_failed").body()))
+        except Ended as e:  # the status is sent already: report it in the stream
+            await response.write(_sse(APIError(e.status, str(e), code=e.code).body()))
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
     except ConnectionResetError:
@@ -306,7 +306,7 @@ async def _stream(
 async def _whole(generation: Generation, body: Awaitable[dict[str, Any]]) -> web.Response:
     try:
         return web.json_response(await body)
-    except EngineFailed as e:
-        raise APIError(500, str(e), code="engine_failed") from None
+    except Ended as e:
+        raise APIError(e.status, str(e), code=e.code) from None
     finally:
         generation.abort()

@@ -32,10 +32,17 @@ class RealServer:
         with urllib.request.urlopen(self.url + "/health", timeout=10) as r:
             return json.loads(r.read())
 
+    signalled: bool = False
+
+    def send(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        self.signalled = True
+        self.process.send_signal(sig)
+
     def stop(self, timeout: float = 60, sig: signal.Signals = signal.SIGTERM) -> int:
-        """Send `sig` (SIGTERM, or SIGINT as Ctrl-C does), then wait for the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
+        """Send `sig` (SIGTERM, or SIGINT as Ctrl-C does) unless a test signalled the server
+        already, then wait for the exit code (a late signal would kill it as it exits)."""
+        if not self.signalled and self.process.poll() is None:
+            self.send(sig)
         return self.process.wait(timeout)
 
 
@@ -45,8 +52,8 @@ def _die_with_parent() -> None:
 
 
 @contextmanager
-def running_server(*args: str, startup_s: float = 120) -> Iterator[RealServer]:
-    """`ferrumc serve ARGS --port 0`; yields once it listens; asserts a clean exit afterwards."""
+def running_server(*args: str, startup_s: float = 120, exit_code: int = 0) -> Iterator[RealServer]:
+    """`ferrumc serve ARGS --port 0`; yields once it listens; asserts its exit code afterwards."""
     process = subprocess.Popen(
         [sys.executable, "-m", "ferrumc", "serve", *args, "--port", "0"],
         stdout=subprocess.DEVNULL,
@@ -75,5 +82,5 @@ def running_server(*args: str, startup_s: float = 120) -> Iterator[RealServer]:
         yield server
     finally:
         code = server.stop()
-        assert code == 0, f"ferrumc serve exited {code}:\n" + "".join(server.log)
+        assert code == exit_code, f"ferrumc serve exited {code}:\n" + "".join(server.log)
         assert "Traceback" not in "".join(server.log), "".join(server.log)

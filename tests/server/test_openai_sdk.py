@@ -157,6 +157,7 @@ def test_full_queue_is_503_and_sigterm_drains(tiny_checkpoint) -> None:
         stream = client.completions.create(
             model=str(folder), prompt="The", max_tokens=200, stream=True,
             stream_options={"include_usage": True}, temperature=0.8,
+            extra_body={"ignore_eos": True},  # a random model may sample EOS early
         )  # fmt: skip
         chunks = iter(stream)
         first = next(chunks)
@@ -173,6 +174,55 @@ def test_full_queue_is_503_and_sigterm_drains(tiny_checkpoint) -> None:
         assert server.process.returncode == 0
         with pytest.raises(urllib.error.URLError):
             server.health()
+
+
+def _long_stream(client: openai.OpenAI, model: str) -> Iterator[openai.types.Completion]:
+    """A 250-token stream (~0.7 s on the interpreter), started: its first chunk is already read."""
+    stream = client.completions.create(
+        model=model, prompt="The", max_tokens=250, stream=True, extra_body={"ignore_eos": True}
+    )
+    chunks = iter(stream)
+    next(chunks)
+    return chunks
+
+
+def test_second_sigterm_ends_running_and_queued_requests_with_503(tiny_checkpoint) -> None:
+    folder = str(tiny_checkpoint("qwen2"))
+    args = (folder, "--interpreter", "--max-batch-size", "1")
+    with running_server(*args, exit_code=1) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=0)
+        chunks = _long_stream(client, folder)
+        with ThreadPoolExecutor(1) as pool:  # queued behind the stream: the batch holds one
+            queued = pool.submit(
+                client.completions.create, model=folder, prompt="The", max_tokens=250,
+                extra_body={"ignore_eos": True},
+            )  # fmt: skip
+            while server.health()["in_flight"] < 2:
+                time.sleep(0.01)
+            server.send(signal.SIGTERM)
+            time.sleep(0.2)  # two signals pending at once would merge into one
+            server.send(signal.SIGTERM)
+            with pytest.raises(openai.APIError) as streamed:
+                list(chunks)
+            with pytest.raises(openai.InternalServerError) as whole:
+                queued.result()
+        assert streamed.value.code == "server_stopping"
+        assert whole.value.status_code == 503 and whole.value.code == "server_stopping"
+    log = "".join(server.log)
+    assert "SIGTERM: finishing 2 sequences in flight" in log
+    assert "SIGTERM again: ending 2 sequences now" in log
+
+
+def test_drain_timeout_ends_the_stream_with_an_error(tiny_checkpoint) -> None:
+    folder = str(tiny_checkpoint("qwen2"))
+    with running_server(folder, "--interpreter", "--drain-timeout", "0", exit_code=1) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=0)
+        chunks = _long_stream(client, folder)
+        server.send(signal.SIGTERM)
+        with pytest.raises(openai.APIError) as streamed:
+            list(chunks)
+        assert streamed.value.code == "server_stopping"
+    assert "the drain timed out: ending 1 sequence now" in "".join(server.log)
 
 
 def test_ctrl_c_stops_cleanly(tiny_checkpoint) -> None:
