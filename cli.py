@@ -149,7 +149,7 @@ def inspect_bundle(bundle: Path) -> None:
     if "u4" in sizes:  # int4 weights, quantized here or loaded so
         x = m.options.get("int4_activations", "float")  # bundles from before the option: float
         how = "rounded to int8 per 32 inputs where the CPU has VNNI" if x == "int8" else "in float"
-        click.echo(f"int4 decode:   x {how} (--int4-activations {x})")
+        click.echo(f"int4 linears:  x {how} (--int4-activations {x})")
 
 
 def quantize_options(fn: F) -> F:
@@ -191,7 +191,7 @@ def quantize_options(fn: F) -> F:
             type=click.Choice(("int8", "float")),
             default="int8",
             show_default=True,
-            help="Int4 decode on CPU: x rounded to int8 per 32 inputs (fast, as llama.cpp's "
+            help="Int4 linears on CPU: x rounded to int8 per 32 inputs (fast, as llama.cpp's "
             "Q4_0), or kept float (exact). Applies to int4 checkpoints too.",
         ),
     ]

@@ -35,7 +35,8 @@ class LowerContext:
 
     bb: rx.BlockBuilder
     target: Target
-    # Int4 decode multiplies with x rounded to int8 where the CPU has VNNI (int4_int8x_cpu.py).
+    # Int4 linears multiply x rounded to int8 where the CPU has VNNI (int4_int8x_cpu.py,
+    # int4_int8x_gemm_cpu.py).
     int8_activations: bool = False
     dims: dict[str, tirx.Var] = field(default_factory=dict)
     # Values emitted once per function and shared by the nodes that need them (a key each).

@@ -15,13 +15,15 @@ q is u8[N, K/2], element 2i in the low nibble of byte i. Like linear_cpu.py, one
 - M > GEMV_ROWS (prefill): each task dequantizes a band of weight rows to f32 once (it stays
   in L2) and runs linear_cpu's outer-product micro-kernel over x^T panels in the same order.
 Without AVX-512 the lookup is replaced by a convert and an FMA per vector. With
-`int8_activations` (the compile default on VNNI CPUs), decode and batched decode instead round
-x to int8 and use vpdpbusd, llama.cpp's trade (codegen/int4_int8x_cpu.py): ~3-4x the float
-GEMV's speed per core, reaching the memory's read bandwidth on one thread.
+`int8_activations` (the compile default on VNNI CPUs), every path instead rounds x to int8 and
+uses vpdpbusd, llama.cpp's trade: decode and batched decode (codegen/int4_int8x_cpu.py) ~3-4x
+the float GEMV's speed per core, reaching the memory's read bandwidth on one thread; prefill
+(codegen/int4_int8x_gemm_cpu.py) ~2-3x the float GEMM's.
 An optional perm (act-order: y = x[..., perm] @ w.T) is applied when x is reordered, for free.
 With `swiglu` (a fused gate/up matrix, gate rows first) the kernel returns silu(gate) * up,
-[M, N/2], from its accumulators: in the int8-x paths a task's rows r and r + rows/2 are gate
-and up rows j and j + N/2; in the GEMM each band pairs them inside its register tiles.
+[M, N/2], from its accumulators (int8 x only): in the GEMVs a task's rows r and r + rows/2
+are gate and up rows j and j + N/2; in the GEMM each register tile's first half of rows are
+gate rows, the rest their up rows.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from tvm.script import tirx as T
 
 from . import int4_int8x_cpu, tir_math
 from .int4_int8x_cpu import int8x_gemv, tasks_per_iteration
+from .int4_int8x_gemm_cpu import int8x_gemm
 from .linear_cpu import BAND_BYTES, GEMV_ROWS, _largest_divisor, gemm_band_tiles
 
 F32 = "float32"
@@ -69,9 +72,9 @@ class Int4Tiling:
     gemm_rows: int  # weight rows per GEMM register tile
     tokens: int  # x rows per GEMM register tile (x^T panel width)
     band: int  # weight rows per GEMM task, dequantized to f32 once
-    # Decode (M <= GEMV_ROWS) with x quantized to int8 per block of 32 and VNNI dot products
-    # (vpdpbusd), as llama.cpp does: ~3-4x the float GEMV's speed, relative error ~5e-3;
-    # K % 64 == 0 (int4_int8x_cpu.supports). A numerics trade the caller chooses.
+    # Every M with x quantized to int8 per block of 32 and VNNI dot products (vpdpbusd), as
+    # llama.cpp does: ~3-4x the float GEMV's speed, ~2-3x the float GEMM's, relative error
+    # ~5e-3; K % 64 == 0 (int4_int8x_cpu.supports). A numerics trade the caller chooses.
     int8_activations: bool = False
 
 
@@ -283,19 +286,11 @@ def int4_kernel(spec: Int4Spec, tiles: Int4Tiling) -> tirx.PrimFunc:
                                         acc[ii, r, 0], B, r * bstride + jb * b_per_task + ji
                                     )
 
-    # Prefill: x^T panels in the reordered input order, a band of weights dequantized once
-    # per task in the same order, then linear_cpu's outer-product register tile.
-    half, n_out = mr // 2, n // 2 if spec.swiglu else n
-
-    def band_row(jo, r):
-        """The weight row in row r of band jo: with swiglu each tile of mr rows pairs mr/2
-        gate rows with their up rows, N/2 further on (gemm_band_tiles)."""
-        if not spec.swiglu:
-            return jo * band + r
-        gate = jo * (band // 2) + r // mr * half + r % mr % half
-        return T.if_then_else(r % mr < half, gate, gate + n // 2)
-
-    band_tiles = gemm_band_tiles(k, tokens, mr, band, epilogue, glu if spec.swiglu else None)
+    # Prefill in float x: x^T panels in the reordered input order, a band of weights
+    # dequantized once per task in the same order, then linear_cpu's outer-product register
+    # tile. (A swiglu kernel always has int8 x: int4_int8x_gemm_cpu.py.)
+    n_out = n // 2 if spec.swiglu else n
+    band_tiles = gemm_band_tiles(k, tokens, mr, band, epilogue)
 
     @T.macro
     def gemm(X, Q, S, Z, B, P, Y, m):
@@ -313,25 +308,25 @@ def int4_kernel(spec: Int4Spec, tiles: Int4Tiling) -> tirx.PrimFunc:
                     wf = T.sblock_alloc_buffer((band, k), F32)
                     for r, gi, c in T.grid(band, k // g, chunks):
                         for lane in T.vectorized(L):
-                            wf[r, gi * g + c * chunk + lane] = scale(S, band_row(jo, r), gi) * (
+                            wf[r, gi * g + c * chunk + lane] = scale(S, jo * band + r, gi) * (
                                 T.Cast(
                                     F32,
                                     T.bitwise_and(
-                                        Q[band_row(jo, r), gi * (g // 2) + c * L + lane],
+                                        Q[jo * band + r, gi * (g // 2) + c * L + lane],
                                         T.uint8(15),
                                     ),
                                 )
-                                - zero(Z, band_row(jo, r), gi)
+                                - zero(Z, jo * band + r, gi)
                             )
-                            wf[r, gi * g + c * chunk + L + lane] = scale(S, band_row(jo, r), gi) * (
+                            wf[r, gi * g + c * chunk + L + lane] = scale(S, jo * band + r, gi) * (
                                 T.Cast(
                                     F32,
                                     T.shift_right(
-                                        Q[band_row(jo, r), gi * (g // 2) + c * L + lane],
+                                        Q[jo * band + r, gi * (g // 2) + c * L + lane],
                                         T.uint8(4),
                                     ),
                                 )
-                                - zero(Z, band_row(jo, r), gi)
+                                - zero(Z, jo * band + r, gi)
                             )
                     band_tiles(wf, xt, B, Y, m, jo)
 
@@ -348,6 +343,7 @@ def int4_kernel(spec: Int4Spec, tiles: Int4Tiling) -> tirx.PrimFunc:
         for rows_, x_rows in ((rows, 1), (nt, 2), (r2, mt), (r8, 8))
         if int8x
     }
+    gemm_int8x = int8x_gemm(spec, x_at, scale, zero, epilogue, glu if spec.swiglu else None)
     xd_, sd = spec.x_dtype, spec.scale_dtype
     zd = spec.zero_dtype or sd
     bd = spec.bias_dtype or F32
@@ -388,6 +384,8 @@ def int4_kernel(spec: Int4Spec, tiles: Int4Tiling) -> tirx.PrimFunc:
                 int8x_paths[r8, 8](X, Q, S, Z, B, P, Y, T.Cast("int32", m))
             else:
                 gemv_batch(X, Q, S, Z, B, P, Y, m, mt)
+        elif bool(int8x):
+            gemm_int8x(X, Q, S, Z, B, P, Y, T.Cast("int32", m))
         else:
             gemm(X, Q, S, Z, B, P, Y, m)
 

@@ -86,20 +86,12 @@ def tiling(spec: LinearSpec, vector_bits: int = 512) -> Tiling:
     )
 
 
-def gemm_band_tiles(
-    k: int, tokens: int, mr: int, band: int, epilogue: Callable, glu: Callable | None = None
-) -> Callable:
+def gemm_band_tiles(k: int, tokens: int, mr: int, band: int, epilogue: Callable) -> Callable:
     """The T.macro band_tiles(wf, xt, B, Y, m, jo) of a prefill GEMM task: a band of `band`
     weight rows, already in f32 as wf[band, k], times every x^T panel xt[panel, k, tokens], in
     mr x tokens register tiles (an outer product per input); rows jo * band + ... of Y are
     stored through epilogue(acc, B, row) for the tokens below m. Serves linear_cpu's GEMM and
-    int4_cpu's (which dequantizes its band into wf first).
-
-    With `glu` (int4_cpu's swiglu), the band holds gate and up rows paired: each tile's first
-    mr/2 rows are gate rows j.., its last mr/2 their up rows j + N/2.., and column
-    jo * band/2 + jt * mr/2 + r of Y gets glu(acc of gate r, acc of up r, B, that column)."""
-    half = mr // 2
-    paired = glu is not None
+    int4_cpu's (which dequantizes its band into wf first)."""
 
     @T.macro
     def band_tiles(wf, xt, B, Y, m, jo):
@@ -114,27 +106,12 @@ def gemm_band_tiles(
                         for r in T.unroll(mr):
                             for tok in T.vectorized(tokens):
                                 acc[r, tok] = acc[r, tok] + wf[jt * mr + r, kk] * xt[p, kk, tok]
-                    if paired:
-                        # The activation vectorized over the tile's tokens, then stored per token.
-                        out = T.sblock_alloc_buffer((tokens,), Y.dtype, scope="local")
-                        for r in T.unroll(half):
-                            for tok in T.vectorized(tokens):
-                                out[tok] = glu(
-                                    acc[r, tok],
-                                    acc[r + half, tok],
-                                    B,
-                                    jo * (band // 2) + jt * half + r,
+                    for r in T.unroll(mr):
+                        for tok in range(tokens):
+                            if p * tokens + tok < m:
+                                Y[p * tokens + tok, jo * band + jt * mr + r] = epilogue(
+                                    acc[r, tok], B, jo * band + jt * mr + r
                                 )
-                            for tok in range(tokens):
-                                if p * tokens + tok < m:
-                                    Y[p * tokens + tok, jo * (band // 2) + jt * half + r] = out[tok]
-                    else:
-                        for r in T.unroll(mr):
-                            for tok in range(tokens):
-                                if p * tokens + tok < m:
-                                    Y[p * tokens + tok, jo * band + jt * mr + r] = epilogue(
-                                        acc[r, tok], B, jo * band + jt * mr + r
-                                    )
 
     return band_tiles
 

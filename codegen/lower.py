@@ -84,7 +84,7 @@ def check_lowerable(module: Module) -> None:
 
 def lower_module(module: Module, target: Target, int8_activations: bool = False) -> LoweredModule:
     """The Relax IRModule for `module` on `target`; the module is verified first.
-    `int8_activations`: int4 linears decode with x rounded to int8 where the CPU can
+    `int8_activations`: int4 linears multiply x rounded to int8 where the CPU can
     (passes/quantization.ACTIVATIONS)."""
     verify_module(module)
     check_lowerable(module)

@@ -33,10 +33,10 @@ class CompileOptions:
     dtype: DType = DType.f32
     # Weight-only int4 for the float linears (format and quantizer); None keeps them float.
     quantize: Int4Quantization | None = None
-    # What int4 linears (quantized here or loaded so) multiply their weights with at decode, one
-    # row of x, on CPUs with int8 dot products (AVX-512 VNNI): "int8" rounds x to int8 per
+    # What int4 linears (quantized here or loaded so) multiply their weights with, in decode
+    # and prefill, on CPUs with int8 dot products (AVX-512 VNNI): "int8" rounds x to int8 per
     # block of 32 inputs, as llama.cpp's Q4_0 does, for ~2x the speed at ~5e-3 relative error
-    # per linear; "float" keeps x exact. Prefill and GPUs compute in float either way.
+    # per linear; "float" keeps x exact. GPUs compute in float either way.
     int4_activations: str = "int8"
     # The KV cache's dtype; None stores it in the compute dtype. f16 under an f32 model halves
     # the cache (as llama.cpp's default f16 cache does) at ~5e-4 relative rounding of k, v, q

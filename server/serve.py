@@ -26,6 +26,7 @@ from .state import ENGINE
 
 DEFAULT_MODEL = "smollm2"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOPPING = "the server is stopping; retry the request"
 
 
 @dataclass(frozen=True)
@@ -96,11 +97,7 @@ async def _run(app: web.Application, sock: socket.socket, drain_timeout_s: float
         if not drained:
             why = f"{again.result().name} again" if again in done else "the drain timed out"
             _say(f"{why}: ending {_sequences(engine.in_flight)} now")
-            engine.end_all(
-                Ended(
-                    "the server is stopping; retry the request", status=503, code="server_stopping"
-                )
-            )
+            engine.end_all(Ended(STOPPING, status=503, code="server_stopping"))
         await cleanup
         return drained
     finally:

@@ -75,14 +75,16 @@ def test_emit_ir_shows_the_int4_linears(tiny_checkpoint, args, expected):
         assert needle in result.output, needle
 
 
-def test_int4_bundle_matches_the_interpreter_and_inspect_shows_it(tiny_checkpoint, tmp_path):
+def test_int4_bundle_matches_the_interpreter_and_inspect_shows_it(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
     """Compile -q int4 end to end: the bundle's logits are the interpreter's on the same int4
     graph (weights quantized once at compile time), and `inspect` reports the format."""
     pytest.importorskip("tvm")
     from ferrumc.frontend.resolve import load_model
-    from ferrumc.ir import Module
+    from ferrumc.ir import Module, ops
     from ferrumc.ir.int4 import Int4Format
-    from ferrumc.ir.interpreter import run_graph
+    from ferrumc.ir.interpreter import KERNELS, run_graph
     from ferrumc.passes.lift_weight_transforms import lift_weight_transforms
     from ferrumc.passes.manager import run_passes
     from ferrumc.passes.pipeline import CompileOptions, common_passes
@@ -97,7 +99,7 @@ def test_int4_bundle_matches_the_interpreter_and_inspect_shows_it(tiny_checkpoin
     assert result.exit_code == 0, result.output
     assert "quantization:  int4 group 64 asymmetric (rtn)" in result.output
     assert "u4 8 (" in result.output  # qkv, o, gate_up and down of 2 layers
-    assert "int4 decode:   x rounded to int8" in result.output  # the default
+    assert "int4 linears:  x rounded to int8" in result.output  # the default
     assert "KV cache:      f32, " in result.output  # the compute dtype, the default
 
     ids = np.arange(3, 40, dtype=np.int32)
@@ -112,8 +114,27 @@ def test_int4_bundle_matches_the_interpreter_and_inspect_shows_it(tiny_checkpoin
     derived = {n: run_graph(t, {}, loaded.weights.load)[n] for n, t in transforms.items()}
     inputs = {"tokens": ids, "positions": np.arange(len(ids), dtype=np.int32)}
     weights = lambda n: derived[n] if n in derived else loaded.weights.load(n)  # noqa: E731
+    # The bundle's linears round x to int8 per 32 inputs (the default): so does the reference.
+    monkeypatch.setitem(KERNELS, ops.Int4Linear, _with_int8_x(KERNELS[ops.Int4Linear]))
     want = run_graph(module.graphs["forward"], inputs, weights)["logits"]
     assert np.abs(got - want).max() < 1e-3
+
+
+def _with_int8_x(int4_linear):
+    """The interpreter's int4 linear on x rounded as the int8-x kernels round it (no act-order
+    here): per block of 32 inputs, to the nearest of the 255 steps of its largest |x| / 127."""
+
+    def rounded(op, x, q, scales, *rest):
+        assert not op.has_perm
+        blocks = x.astype(np.float32).reshape(*x.shape[:-1], -1, 32)
+        amax = np.abs(blocks).max(axis=-1, keepdims=True)
+        inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0)
+        v = blocks * inv.astype(np.float32)
+        codes = np.where(v < 0, -np.floor(-v + 0.5), np.floor(v + 0.5))  # half away from 0
+        xr = (codes * (amax / np.float32(127))).reshape(x.shape).astype(x.dtype)
+        return int4_linear(op, xr, q, scales, *rest)
+
+    return rounded
 
 
 @pytest.mark.parametrize(

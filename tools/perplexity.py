@@ -115,7 +115,7 @@ def negative_log_likelihood(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
     "--decode",
     is_flag=True,
     help="Bundle: score every token after the first through the compiled decode, one at a time "
-    "(int4 decode rounds x to int8 unless compiled with --int4-activations float).",
+    "(int4 linears round x to int8 unless compiled with --int4-activations float).",
 )
 def main(
     model: str,
