@@ -70,6 +70,19 @@ def interpreter_scorer(ref: str, dtype: str, quantize) -> tuple[Scorer, Callable
     return score, ctx.tokenize
 
 
+def bundle_label(path: Path) -> tuple[str, str]:
+    """A bundle's compute dtype and its quantization as compiled (its manifest's options)."""
+    from ferrumc.codegen.bundle import read_manifest
+
+    options = read_manifest(path).options
+    record = options.get("quantize")
+    if not record:
+        return options.get("dtype", "f32"), "none"
+    label = f"{record['method']} g{record['group_size']} {record['scheme']} ({record['quantizer']})"
+    x = options.get("int4_activations", "float")  # bundles from before the option: float
+    return options.get("dtype", "f32"), f"{label}, x {x}"
+
+
 def bundle_scorer(
     path: Path, window: int, decode: bool = False
 ) -> tuple[Scorer, Callable[[str], list[int]]]:
@@ -135,15 +148,16 @@ def main(
             raise click.UsageError("a bundle is already compiled: drop -q and its options")
         score, tokenize = bundle_scorer(Path(model), window, decode)
         how = "bundle decode" if decode else "bundle"
+        dtype, label = bundle_label(Path(model))
     else:
         if decode:
             raise click.UsageError("--decode scores a compiled bundle; compile MODEL first")
         score, tokenize = interpreter_scorer(model, dtype, quantize)
         how = "interpreter"
+        label = "none" if quantize is None else str(quantize)
     chunks = token_windows(tokenize(read_text(HELDOUT)), window, windows)
     nll = np.concatenate([negative_log_likelihood(score(ids), ids) for ids in chunks])
     seconds = time.perf_counter() - start
-    label = "none" if quantize is None else str(quantize)
     click.echo("| model | dtype | quantization | windows | tokens scored | perplexity | run |")
     click.echo("|---|---|---|---|---|---|---|")
     click.echo(
