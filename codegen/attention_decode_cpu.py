@@ -22,6 +22,8 @@ in the graph.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import tvm
 from tvm import tirx
 from tvm.script import tirx as T
@@ -52,47 +54,19 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 16) 
     # TVM's arithmetic analysis take minutes to build the kernel.
     n_split = max(1, -(-DECODE_TASKS // h_kv))
 
-    vec = f"float32x{lanes}"
     LINE = 64 * 8 // tvm.DataType(dtype).bits  # elements per cache line
 
-    def dot(qs, b, h, pages, page, hk, r):
-        """q . k_r as a vector of `lanes` partial sums (q pre-scaled to base 2)."""
-        acc = qs[b, h, T.Ramp(0, 1, lanes)] * T.Cast(
-            vec, pages[page, 0, hk, r, T.Ramp(0, 1, lanes)]
-        )
-        for c in range(1, d // lanes):
-            ramp = T.Ramp(c * lanes, 1, lanes)
-            acc = acc + qs[b, h, ramp] * T.Cast(vec, pages[page, 0, hk, r, ramp])
-        return acc
-
-    # The block's scores as one vector: with a vector per key as wide as the page, a
-    # transposing shuffle-add tree (~3 operations per key) replaces a horizontal sum per
-    # key (~9). Rows past the page's last token get MASKED (their memory holds garbage).
     def block_scores(qs, b, h, pages, page, hk, rows):
-        keys = T.Ramp(0, 1, page_size)
-        if lanes == page_size:
-            sums = _transpose_sum([dot(qs, b, h, pages, page, hk, r) for r in range(page_size)])
-        else:
-            sums = T.Shuffle(
-                [_lane_sum(dot(qs, b, h, pages, page, hk, r), lanes) for r in range(page_size)],
-                list(range(page_size)),
-            )
-        return T.Select(
-            keys < T.Broadcast(rows, page_size), sums, T.Broadcast(T.float32(MASKED), page_size)
-        )
+        return key_block_scores(
+            lambda ramp: qs[b, h, ramp], lambda r, ramp: pages[page, 0, hk, r, ramp],
+            d, lanes, page_size, rows,
+        )  # fmt: skip
 
-    # The block's weighted value rows for head-dim chunk c, as one expression, so that the
-    # sum stays in registers; in a partial page the rows past the last token are selected
-    # away (weight 0 times garbage may be NaN).
     def weighted_values(weights, t, pages, page, hk, c, rows, partial):
-        ramp = T.Ramp(c * lanes, 1, lanes)
-        terms = []
-        for r in range(page_size):
-            row = T.Cast(vec, pages[page, 1, hk, r, ramp])
-            if partial:
-                row = T.Select(T.Broadcast(r < rows, lanes), row, T.Broadcast(T.float32(0), lanes))
-            terms.append(T.Broadcast(weights[t, r], lanes) * row)
-        return _pairwise_sum(terms)
+        return value_block_sum(
+            lambda r: weights[t, r], lambda r, ramp: pages[page, 1, hk, r, ramp],
+            d, lanes, page_size, c, rows if partial else None,
+        )  # fmt: skip
 
     @T.macro
     def update_values(t, g, pages, page, hk, rows, scale, acc_o, score, partial):
@@ -242,6 +216,54 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 16) 
                 lse[b, hk * group + g] = merged[0] + T.log2(merged[1])
 
     return batch_decode_paged_kv
+
+
+def key_block_scores(
+    q_at: Callable, key_at: Callable, d: int, lanes: int, block: int, rows: tirx.PrimExpr
+) -> tirx.PrimExpr:
+    """A block of `block` keys' scores as one float32 vector: q . key_r for r < rows, MASKED
+    past them (their memory may hold garbage). q_at(ramp) is q's f32 lanes (pre-scaled to
+    base 2), key_at(r, ramp) key r's. With a vector per key as wide as the block, a
+    transposing shuffle-add tree (~3 operations per key) replaces a horizontal sum per key
+    (~9)."""
+    vec = f"float32x{lanes}"
+
+    def dot(r):
+        acc = q_at(T.Ramp(0, 1, lanes)) * T.Cast(vec, key_at(r, T.Ramp(0, 1, lanes)))
+        for c in range(1, d // lanes):
+            ramp = T.Ramp(c * lanes, 1, lanes)
+            acc = acc + q_at(ramp) * T.Cast(vec, key_at(r, ramp))
+        return acc
+
+    if lanes == block:
+        sums = _transpose_sum([dot(r) for r in range(block)])
+    else:
+        sums = T.Shuffle([_lane_sum(dot(r), lanes) for r in range(block)], list(range(block)))
+    keys = T.Ramp(0, 1, block)
+    return T.Select(keys < T.Broadcast(rows, block), sums, T.Broadcast(T.float32(MASKED), block))
+
+
+def value_block_sum(
+    weight_at: Callable,
+    value_at: Callable,
+    d: int,
+    lanes: int,
+    block: int,
+    c: int,
+    rows: tirx.PrimExpr | None,
+) -> tirx.PrimExpr:
+    """sum_r weight_at(r) * value r, for head-dim chunk c, as one expression so that the sum
+    stays in registers. With `rows` (a partial block) the rows past it are selected away:
+    weight 0 times garbage may be NaN."""
+    vec = f"float32x{lanes}"
+    ramp = T.Ramp(c * lanes, 1, lanes)
+    terms = []
+    for r in range(block):
+        row = T.Cast(vec, value_at(r, ramp))
+        if rows is not None:
+            row = T.Select(T.Broadcast(r < rows, lanes), row, T.Broadcast(T.float32(0), lanes))
+        terms.append(T.Broadcast(weight_at(r), lanes) * row)
+    return _pairwise_sum(terms)
 
 
 def _lane_sum(vec: tirx.PrimExpr, lanes: int, combine: type = tirx.Add) -> tirx.PrimExpr:

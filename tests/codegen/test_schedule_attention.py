@@ -53,11 +53,17 @@ def test_decode_matches_tvm(h_kv, h_q, d):
 
 
 @pytest.mark.parametrize(
-    ("q_lens", "kv_lens", "causal"),
-    [([5, 37], [5, 37], 1), ([3, 9], [7, 20], 1), ([4, 6], [4, 6], 0)],
+    ("q_lens", "kv_lens", "causal", "heads"),
+    [
+        ([5, 37], [5, 37], 1, (2, 4, 16)),
+        ([3, 9], [7, 20], 1, (2, 4, 16)),
+        ([4, 6], [4, 6], 0, (2, 4, 16)),
+        # SmolLM2's heads: 3 KV heads of 64 (4 vectors a row), 3 query heads each.
+        ([21, 40], [21, 48], 1, (3, 9, 64)),
+    ],
 )
-def test_ragged_prefill_matches_tvm(q_lens, kv_lens, causal):
-    h_kv, h_q, d = 2, 4, 16
+def test_ragged_prefill_matches_tvm(q_lens, kv_lens, causal, heads):
+    h_kv, h_q, d = heads
     rng = np.random.default_rng(1)
     q_indptr = np.cumsum([0, *q_lens]).astype(np.int32)
     kv_indptr = np.cumsum([0, *kv_lens]).astype(np.int32)
