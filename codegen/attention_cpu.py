@@ -1,7 +1,9 @@
 """Paged-KV-cache attention kernels for CPU, replacing TVM's single-threaded scalar ones.
 
 TVM's CPU kernels (relax.frontend.nn.llm) loop serially over sequences and heads, one scalar
-multiply at a time, and its ragged prefill kernel scores every key, masked or not. These keep
+multiply at a time; its ragged prefill kernel scores every key, masked or not, and its paged
+prefill kernel (a prompt's later chunks against the keys already cached) walks the whole
+cache's capacity for every query row and head. These keep
 their signatures and results (outputs and the base-2 log-sum-exp `lse` that TVM's merge
 kernel reads), and instead:
 - run in parallel over (query row, KV head) for prefill, the rows of a causal prefill paired
@@ -13,7 +15,9 @@ kernel reads), and instead:
   vector exp2, its weighted value rows summed in registers (the helpers the decode kernel
   uses). Before (a horizontal sum and an exp2f call per key): SmolLM2's heads, 128 tokens,
   2 threads, the kernel alone 1099 -> 641 us; the prefill's attention calls 24-36 -> 15-20 ms
-  of ~110-130 ms (three alternating pairs, VM instrument).
+  of ~110-130 ms (three alternating pairs, VM instrument). A 1024-token SmolLM2 prompt
+  (two chunks of 512, the second through the paged kernel): 12.8 -> 3.0 s to the first
+  token. The sliding-window paged prefill stays TVM's.
 Rotary embedding inside the cache is not supported (ferrumc applies it in the graph; the cache
 is created with RopeMode.NONE): a call with rotary_mode != 0 fails its assertion.
 The decode kernel is in attention_decode_cpu.py, the cache's split and append copies in
@@ -23,6 +27,7 @@ kv_pages_cpu.py; `replacement` maps TVM's kernels to all of them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import tvm
 from tvm import tirx
@@ -45,28 +50,28 @@ BLOCK = 16
 M_INIT, D_INIT = -5e4, 1.0
 
 
-def ragged_prefill_kernel(h_kv: int, h_q: int, d: int, dtype: str) -> tirx.PrimFunc:
-    """`batch_prefill_ragged_kv`: each sequence's new query rows against its new keys."""
-    group = h_q // h_kv
-    lanes = next(n for n in (16, 8, 4, 2, 1) if d % n == 0)
+def _kv_row(buf, kind: int, base, hk, r: int, ramp, paged: bool):
+    """Key (kind 0) or value (1) row r of a block: in a page (base its id, pages[page, kind,
+    hk, r]) or in a ragged K or V buffer (the block starting at row base)."""
+    return buf[base, kind, hk, r, ramp] if paged else buf[base + r, hk, ramp]
 
-    def direct_blocks(visible):
-        """Blocks read straight from k and v: the full ones; none in bf16, where reading
-        them so gave wrong results (a tiny llama's bf16 top-1 agreement fell to 43 of 109;
-        the cause was not found: the decode kernel reads bf16 pages the same way, rightly)."""
-        return visible // BLOCK if dtype != "bfloat16" else 0
 
-    # One block of BLOCK keys for each query head of the group, as the decode kernel does
-    # (attention_decode_cpu.py): the scores as one vector, one vector exp2 for the weights,
-    # the weighted value rows summed in registers. Keys past `rows` score MASKED; a partial
-    # block is first copied into zeroed scratch rows (reading past a sequence's last key
-    # could read past the buffer, and clamped row indices broke TVM's CSE pass).
+def _block_attention(group: int, d: int, lanes: int) -> Callable:
+    """The T.macro attend(kb, vb, base, hk, q, o, s, m, den, top, rows, paged): one block of
+    BLOCK keys (a page, or ragged rows base..) for each query head of a group, as the decode
+    kernel does (attention_decode_cpu.py): the scores as one vector, one vector exp2 for the
+    weights, the weighted value rows summed in registers, into the running max m, sum den and
+    output o. Keys past `rows` score MASKED and their values are selected away (a page's
+    unused rows hold garbage; a ragged partial block comes in zeroed scratch rows, since
+    reading past a sequence's last key could read past the buffer and clamped row indices
+    broke TVM's CSE pass)."""
+
     @T.macro
-    def ragged_block(k, v, start, hk, q, o, s, m, den, top, rows):
+    def attend(kb, vb, base, hk, q, o, s, m, den, top, rows, paged):
         for g in range(group):
             s[g, T.Ramp(0, 1, BLOCK)] = key_block_scores(
                 lambda ramp, g=g: q[g, ramp],
-                lambda r, ramp: k[start + r, hk, ramp],
+                lambda r, ramp: _kv_row(kb, 0, base, hk, r, ramp, paged),
                 d, lanes, BLOCK, rows,
             )  # fmt: skip
             top[0] = T.max(m[g], _lane_sum(s[g, T.Ramp(0, 1, BLOCK)], BLOCK, T.Max))
@@ -80,10 +85,26 @@ def ragged_prefill_kernel(h_kv: int, h_q: int, d: int, dtype: str) -> tirx.PrimF
                     scale, lanes
                 ) + value_block_sum(
                     lambda r, g=g: s[g, r],
-                    lambda r, ramp: v[start + r, hk, ramp],
-                    d, lanes, BLOCK, c, None,
+                    lambda r, ramp: _kv_row(vb, 1, base, hk, r, ramp, paged),
+                    d, lanes, BLOCK, c, rows if paged else None,
                 )  # fmt: skip
             m[g] = top[0]
+
+    return attend
+
+
+def ragged_prefill_kernel(h_kv: int, h_q: int, d: int, dtype: str) -> tirx.PrimFunc:
+    """`batch_prefill_ragged_kv`: each sequence's new query rows against its new keys."""
+    group = h_q // h_kv
+    lanes = next(n for n in (16, 8, 4, 2, 1) if d % n == 0)
+
+    def direct_blocks(visible):
+        """Blocks read straight from k and v: the full ones; none in bf16, where reading
+        them so gave wrong results (a tiny llama's bf16 top-1 agreement fell to 43 of 109;
+        the cause was not found: the decode kernel reads bf16 pages the same way, rightly)."""
+        return visible // BLOCK if dtype != "bfloat16" else 0
+
+    ragged_block = _block_attention(group, d, lanes)
 
     @T.prim_func(s_tir=True)
     def batch_prefill_ragged_kv(
@@ -173,7 +194,7 @@ def ragged_prefill_kernel(h_kv: int, h_q: int, d: int, dtype: str) -> tirx.PrimF
                 # Full blocks straight from k and v; the rest through f32 scratch rows.
                 for blk in range(direct_blocks(visible)):
                     first: T.let[T.int32] = kv_indptr[b] + blk * BLOCK
-                    ragged_block(k, v, first, hk, qf, o, s, m, den, top, BLOCK)
+                    ragged_block(k, v, first, hk, qf, o, s, m, den, top, BLOCK, False)
                 for blk in range(direct_blocks(visible), (visible + BLOCK - 1) // BLOCK):
                     first: T.let[T.int32] = kv_indptr[b] + blk * BLOCK
                     count: T.let[T.int32] = T.min(BLOCK, visible - blk * BLOCK)
@@ -184,13 +205,134 @@ def ragged_prefill_kernel(h_kv: int, h_q: int, d: int, dtype: str) -> tirx.PrimF
                         else:
                             kt[r, 0, dd] = T.float32(0)
                             vt[r, 0, dd] = T.float32(0)
-                    ragged_block(kt, vt, 0, 0, qf, o, s, m, den, top, count)
+                    ragged_block(kt, vt, 0, 0, qf, o, s, m, den, top, count, False)
                 for g in range(group):
                     for dd in T.vectorized(d):
                         output[row, hk * group + g, dd] = T.Cast(dtype, o[g, dd] / den[g])
                     lse[row, hk * group + g] = m[g] + T.log2(den[g])
 
     return batch_prefill_ragged_kv
+
+
+def paged_prefill_kernel(
+    h_kv: int, h_q: int, d: int, dtype: str, page_size: int = BLOCK
+) -> tirx.PrimFunc:
+    """`batch_prefill_paged_kv_cpu` (no sliding window): each sequence's new query rows
+    against the keys already in its pages (a prompt's later chunks, or a later turn). TVM's
+    kernel runs serially, one scalar at a time, and walks the whole cache's capacity for
+    every query row and head: a 1024-token prompt's second chunk of 512 took ~10 s on
+    SmolLM2. Here, as the ragged kernel: parallel over (query row, KV head) paired early with
+    late, a page of keys per online-softmax block."""
+    assert page_size == BLOCK, page_size
+    group = h_q // h_kv
+    lanes = next(n for n in (16, 8, 4, 2, 1) if d % n == 0)
+    page_block = _block_attention(group, d, lanes)
+
+    @T.prim_func(s_tir=True)
+    def batch_prefill_paged_kv_cpu(
+        var_q: T.handle,
+        var_q_indptr: T.handle,
+        var_pages: T.handle,
+        var_page_indptr: T.handle,
+        var_page_values: T.handle,
+        var_length_info: T.handle,
+        var_k_rope_pos_offset: T.handle,
+        var_q_rope_position: T.handle,
+        var_output: T.handle,
+        var_lse: T.handle,
+        causal: T.int32,
+        rotary_mode: T.int32,
+        rope_scale: T.float32,
+        rope_theta: T.float32,
+        sm_scale: T.float32,
+    ):
+        T.func_attr({"tirx.is_scheduled": True})
+        batch_size = T.int32()
+        total_len = T.int32()
+        nnz_pages = T.int32()
+        max_num_pages = T.int32()
+        q_indptr_elem_offset = T.int32()
+        page_indptr_elem_offset = T.int32()
+        page_values_elem_offset = T.int32()
+        k_rope_pos_offset_elem_offset = T.int32()
+        q_rope_position_elem_offset = T.int32()
+        length_info_elem_offset = T.int32()
+        q = T.match_buffer(var_q, (total_len, h_q, d), dtype)
+        q_indptr = T.match_buffer(
+            var_q_indptr, (batch_size + 1,), "int32", elem_offset=q_indptr_elem_offset
+        )
+        pages = T.match_buffer(var_pages, (max_num_pages, 2, h_kv, page_size, d), dtype)
+        page_indptr = T.match_buffer(
+            var_page_indptr, (batch_size + 1,), "int32", elem_offset=page_indptr_elem_offset
+        )
+        page_values = T.match_buffer(
+            var_page_values, (nnz_pages,), "int32", elem_offset=page_values_elem_offset
+        )
+        last_len = T.match_buffer(
+            var_length_info, (batch_size,), "int32", elem_offset=length_info_elem_offset
+        )
+        k_rope_pos_offset = T.match_buffer(  # noqa: F841
+            var_k_rope_pos_offset,
+            (batch_size,),
+            "int32",
+            elem_offset=k_rope_pos_offset_elem_offset,
+        )
+        q_rope_position = T.match_buffer(  # noqa: F841
+            var_q_rope_position, (total_len,), "int32", elem_offset=q_rope_position_elem_offset
+        )
+        output = T.match_buffer(var_output, (total_len, h_q, d), dtype)
+        lse = T.match_buffer(var_lse, (total_len, h_q), F32)
+        assert rotary_mode == 0, "ferrumc's CPU attention expects rotary in the graph"
+
+        for task in T.parallel(total_len * h_kv):
+            with T.sblock("prefill_paged"):
+                T.reads(
+                    q[0:total_len, 0:h_q, 0:d],
+                    pages[0:max_num_pages, 0:2, 0:h_kv, 0:page_size, 0:d],
+                )
+                T.writes(output[0:total_len, 0:h_q, 0:d], lse[0:total_len, 0:h_q])
+                half: T.let[T.int32] = task // 2
+                paired: T.let[T.int32] = T.if_then_else(
+                    task % 2 == 0, half, total_len * h_kv - 1 - half
+                )
+                row: T.let[T.int32] = paired // h_kv
+                hk: T.let[T.int32] = paired % h_kv
+                seq = T.sblock_alloc_buffer((1,), "int32", scope="local")
+                seq[0] = 0
+                for bb in range(batch_size):
+                    if q_indptr[bb] <= row:
+                        seq[0] = bb
+                b: T.let[T.int32] = seq[0]
+                q_len: T.let[T.int32] = q_indptr[b + 1] - q_indptr[b]
+                n_pages: T.let[T.int32] = page_indptr[b + 1] - page_indptr[b]
+                k_len: T.let[T.int32] = T.if_then_else(
+                    n_pages > 0, (n_pages - 1) * page_size + last_len[b], 0
+                )
+                visible: T.let[T.int32] = T.if_then_else(
+                    causal > 0, T.min(k_len - q_len + (row - q_indptr[b]) + 1, k_len), k_len
+                )
+                qf = T.sblock_alloc_buffer((group, d), F32)
+                o = T.sblock_alloc_buffer((group, d), F32)
+                s = T.sblock_alloc_buffer((group, BLOCK), F32)
+                top = T.sblock_alloc_buffer((1,), F32)
+                m = T.sblock_alloc_buffer((group,), F32)
+                den = T.sblock_alloc_buffer((group,), F32)
+                for g, dd in T.grid(group, d):
+                    qf[g, dd] = T.Cast(F32, q[row, hk * group + g, dd]) * (sm_scale * LOG2E)
+                    o[g, dd] = T.float32(0)
+                for g in range(group):
+                    m[g] = T.float32(M_INIT)
+                    den[g] = T.float32(D_INIT)
+                for p in range((visible + page_size - 1) // page_size):
+                    page: T.let[T.int32] = page_values[page_indptr[b] + p]
+                    rows: T.let[T.int32] = T.min(page_size, visible - p * page_size)
+                    page_block(pages, pages, page, hk, qf, o, s, m, den, top, rows, True)
+                for g in range(group):
+                    for dd in T.vectorized(d):
+                        output[row, hk * group + g, dd] = T.Cast(dtype, o[g, dd] / den[g])
+                    lse[row, hk * group + g] = m[g] + T.log2(den[g])
+
+    return batch_prefill_paged_kv_cpu
 
 
 def _buffer_shape(func: tirx.PrimFunc, index: int) -> tuple[list[object], str]:
@@ -228,6 +370,13 @@ def replacement(name: str, func: tirx.PrimFunc) -> tirx.PrimFunc | None:
             return None
         h_kv, page_size, _ = pages
         return decode_kernel(h_kv, h_q, d, dtype, page_size)
+    if name == "batch_prefill_paged_kv_cpu" and len(func.params) == 15:
+        q_shape, dtype = _buffer_shape(func, 0)
+        pages = _static(_buffer_shape(func, 2)[0][2:])
+        h_q, d = _static(q_shape[1:]) or (None, None)
+        if pages is None or h_q is None or pages[1] != BLOCK:
+            return None
+        return paged_prefill_kernel(pages[0], h_q, d, dtype, pages[1])
     if name == "batch_prefill_ragged_kv" and len(func.params) == 14:
         q_shape, dtype = _buffer_shape(func, 0)
         k_shape, _ = _buffer_shape(func, 2)

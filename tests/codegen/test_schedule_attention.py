@@ -2,7 +2,8 @@
 
 Same inputs, same outputs: the attention output (to the output dtype's rounding) and the
 base-2 log-sum-exp that TVM's merge kernel reads, for paged decode over ragged page lists and
-ragged prefill with and without the causal mask, including more keys than queries.
+ragged prefill with and without the causal mask, including more keys than queries, and
+prefill against keys already in pages (a prompt's later chunk).
 """
 
 from __future__ import annotations
@@ -11,9 +12,17 @@ import numpy as np
 import pytest
 import tvm
 from tvm.relax.frontend.nn.llm._decode_kernels import _attention_decode_cpu
-from tvm.relax.frontend.nn.llm._prefill_kernels import _attention_prefill_ragged_cpu
+from tvm.relax.frontend.nn.llm._prefill_kernels import (
+    _attention_prefill_cpu,
+    _attention_prefill_ragged_cpu,
+)
 
-from ferrumc.codegen.attention_cpu import decode_kernel, ragged_prefill_kernel, replacement
+from ferrumc.codegen.attention_cpu import (
+    decode_kernel,
+    paged_prefill_kernel,
+    ragged_prefill_kernel,
+    replacement,
+)
 from ferrumc.codegen.targets import TARGETS
 
 PAGE = 16
@@ -82,11 +91,41 @@ def test_ragged_prefill_matches_tvm(q_lens, kv_lens, causal, heads):
     np.testing.assert_allclose(got[1], want[1], atol=1e-5)
 
 
+@pytest.mark.parametrize(("heads", "causal"), [((2, 4, 16), 1), ((2, 4, 16), 0), ((3, 9, 64), 1)])
+def test_paged_prefill_matches_tvm(heads, causal):
+    """Two sequences: 5 new rows against 3 pages (the last holding 5 keys), and 20 new rows
+    against 2 full pages; under the causal mask the last rows see every key."""
+    h_kv, h_q, d = heads
+    rng = np.random.default_rng(2)
+    pages = rng.standard_normal((9, 2, h_kv, PAGE, d)).astype(np.float16)
+    seq_pages, last, q_lens = [[3, 7, 1], [0, 5]], [5, 16], [5, 20]
+    page_indptr = np.cumsum([0] + [len(p) for p in seq_pages]).astype(np.int32)
+    values = np.array([p for pages_of_seq in seq_pages for p in pages_of_seq], np.int32)
+    q_indptr = np.cumsum([0, *q_lens]).astype(np.int32)
+    total = int(q_indptr[-1])
+    q = rng.standard_normal((total, h_q, d)).astype(np.float16)
+    zeros = np.zeros(len(q_lens), np.int32)
+    inputs = [q, q_indptr, pages, page_indptr, values, np.array(last, np.int32), zeros]
+    inputs += [np.zeros(total, np.int32)]
+    scalars = [causal, 0, 1.0, 10000.0, SCALE]  # causal, rotary_mode, rope_scale/theta, sm_scale
+    shapes = [((total, h_q, d), "float16"), ((total, h_q), "float32")]
+    ref = _attention_prefill_cpu(h_kv, h_q, d, "float16", False, {})
+    want = _run(_build(ref), inputs, scalars, shapes)
+    got = _run(_build(paged_prefill_kernel(h_kv, h_q, d, "float16")), inputs, scalars, shapes)
+    np.testing.assert_allclose(got[0], want[0], atol=2e-3)
+    np.testing.assert_allclose(got[1], want[1], atol=1e-5)
+
+
 def test_replacement_reads_the_shapes_from_tvms_kernels():
     tvm_decode = _attention_decode_cpu(2, 6, 16, "float16", False, {})
     ours = replacement("batch_decode_paged_kv_cpu", tvm_decode)
     assert ours is not None and ours.attrs["tirx.is_scheduled"]
     tvm_ragged = _attention_prefill_ragged_cpu(2, 6, 16, 16, "float16", {})
     assert replacement("batch_prefill_ragged_kv", tvm_ragged) is not None
-    # Kernels it has no replacement for are left alone.
+    tvm_paged = _attention_prefill_cpu(2, 6, 16, "float16", False, {})
+    assert replacement("batch_prefill_paged_kv_cpu", tvm_paged) is not None
+    # Kernels it has no replacement for (a sliding window's, here) are left alone; so is a
+    # kernel whose parameters are not the named one's.
+    tvm_window = _attention_prefill_cpu(2, 6, 16, "float16", True, {})
+    assert replacement("batch_prefill_paged_kv_cpu_sliding_window", tvm_window) is None
     assert replacement("batch_prefill_paged_kv_cpu", tvm_ragged) is None
