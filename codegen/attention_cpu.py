@@ -56,7 +56,7 @@ def _kv_row(buf, kind: int, base, hk, r: int, ramp, paged: bool):
     return buf[base, kind, hk, r, ramp] if paged else buf[base + r, hk, ramp]
 
 
-def _block_attention(group: int, d: int, lanes: int) -> Callable:
+def _block_attention(group: int, d: int, lanes: int, dtype: str) -> Callable:
     """The T.macro attend(kb, vb, base, hk, q, o, s, m, den, top, rows, paged): one block of
     BLOCK keys (a page, or ragged rows base..) for each query head of a group, as the decode
     kernel does (attention_decode_cpu.py): the scores as one vector, one vector exp2 for the
@@ -72,7 +72,7 @@ def _block_attention(group: int, d: int, lanes: int) -> Callable:
             s[g, T.Ramp(0, 1, BLOCK)] = key_block_scores(
                 lambda ramp, g=g: q[g, ramp],
                 lambda r, ramp: _kv_row(kb, 0, base, hk, r, ramp, paged),
-                d, lanes, BLOCK, rows,
+                d, lanes, BLOCK, rows, dtype,
             )  # fmt: skip
             top[0] = T.max(m[g], _lane_sum(s[g, T.Ramp(0, 1, BLOCK)], BLOCK, T.Max))
             scale: T.let[T.float32] = exp2(m[g] - top[0])
@@ -86,7 +86,7 @@ def _block_attention(group: int, d: int, lanes: int) -> Callable:
                 ) + value_block_sum(
                     lambda r, g=g: s[g, r],
                     lambda r, ramp: _kv_row(vb, 1, base, hk, r, ramp, paged),
-                    d, lanes, BLOCK, c, rows if paged else None,
+                    d, lanes, BLOCK, c, rows if paged else None, dtype,
                 )  # fmt: skip
             m[g] = top[0]
 
@@ -98,13 +98,8 @@ def ragged_prefill_kernel(h_kv: int, h_q: int, d: int, dtype: str) -> tirx.PrimF
     group = h_q // h_kv
     lanes = next(n for n in (16, 8, 4, 2, 1) if d % n == 0)
 
-    def direct_blocks(visible):
-        """Blocks read straight from k and v: the full ones; none in bf16, where reading
-        them so gave wrong results (a tiny llama's bf16 top-1 agreement fell to 43 of 109;
-        the cause was not found: the decode kernel reads bf16 pages the same way, rightly)."""
-        return visible // BLOCK if dtype != "bfloat16" else 0
-
-    ragged_block = _block_attention(group, d, lanes)
+    ragged_block = _block_attention(group, d, lanes, dtype)
+    scratch = _block_attention(group, d, lanes, F32)
 
     @T.prim_func(s_tir=True)
     def batch_prefill_ragged_kv(
@@ -191,11 +186,11 @@ def ragged_prefill_kernel(h_kv: int, h_q: int, d: int, dtype: str) -> tirx.PrimF
                 for g in range(group):
                     m[g] = T.float32(M_INIT)
                     den[g] = T.float32(D_INIT)
-                # Full blocks straight from k and v; the rest through f32 scratch rows.
-                for blk in range(direct_blocks(visible)):
+                # Full blocks straight from k and v; a partial one through f32 scratch rows.
+                for blk in range(visible // BLOCK):
                     first: T.let[T.int32] = kv_indptr[b] + blk * BLOCK
                     ragged_block(k, v, first, hk, qf, o, s, m, den, top, BLOCK, False)
-                for blk in range(direct_blocks(visible), (visible + BLOCK - 1) // BLOCK):
+                for blk in range(visible // BLOCK, (visible + BLOCK - 1) // BLOCK):
                     first: T.let[T.int32] = kv_indptr[b] + blk * BLOCK
                     count: T.let[T.int32] = T.min(BLOCK, visible - blk * BLOCK)
                     for r, dd in T.grid(BLOCK, d):
@@ -205,7 +200,7 @@ def ragged_prefill_kernel(h_kv: int, h_q: int, d: int, dtype: str) -> tirx.PrimF
                         else:
                             kt[r, 0, dd] = T.float32(0)
                             vt[r, 0, dd] = T.float32(0)
-                    ragged_block(kt, vt, 0, 0, qf, o, s, m, den, top, count, False)
+                    scratch(kt, vt, 0, 0, qf, o, s, m, den, top, count, False)
                 for g in range(group):
                     for dd in T.vectorized(d):
                         output[row, hk * group + g, dd] = T.Cast(dtype, o[g, dd] / den[g])
@@ -226,7 +221,7 @@ def paged_prefill_kernel(
     assert page_size == BLOCK, page_size
     group = h_q // h_kv
     lanes = next(n for n in (16, 8, 4, 2, 1) if d % n == 0)
-    page_block = _block_attention(group, d, lanes)
+    page_block = _block_attention(group, d, lanes, dtype)
 
     @T.prim_func(s_tir=True)
     def batch_prefill_paged_kv_cpu(

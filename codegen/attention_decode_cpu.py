@@ -59,13 +59,13 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 16) 
     def block_scores(qs, b, h, pages, page, hk, rows):
         return key_block_scores(
             lambda ramp: qs[b, h, ramp], lambda r, ramp: pages[page, 0, hk, r, ramp],
-            d, lanes, page_size, rows,
+            d, lanes, page_size, rows, dtype,
         )  # fmt: skip
 
     def weighted_values(weights, t, pages, page, hk, c, rows, partial):
         return value_block_sum(
             lambda r: weights[t, r], lambda r, ramp: pages[page, 1, hk, r, ramp],
-            d, lanes, page_size, c, rows if partial else None,
+            d, lanes, page_size, c, rows if partial else None, dtype,
         )  # fmt: skip
 
     @T.macro
@@ -219,20 +219,25 @@ def decode_kernel(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = 16) 
 
 
 def key_block_scores(
-    q_at: Callable, key_at: Callable, d: int, lanes: int, block: int, rows: tirx.PrimExpr
+    q_at: Callable,
+    key_at: Callable,
+    d: int,
+    lanes: int,
+    block: int,
+    rows: tirx.PrimExpr,
+    dtype: str,
 ) -> tirx.PrimExpr:
     """A block of `block` keys' scores as one float32 vector: q . key_r for r < rows, MASKED
     past them (their memory may hold garbage). q_at(ramp) is q's f32 lanes (pre-scaled to
-    base 2), key_at(r, ramp) key r's. With a vector per key as wide as the block, a
+    base 2), key_at(r, ramp) key r's, in `dtype`. With a vector per key as wide as the block, a
     transposing shuffle-add tree (~3 operations per key) replaces a horizontal sum per key
     (~9)."""
-    vec = f"float32x{lanes}"
 
     def dot(r):
-        acc = q_at(T.Ramp(0, 1, lanes)) * T.Cast(vec, key_at(r, T.Ramp(0, 1, lanes)))
+        acc = q_at(T.Ramp(0, 1, lanes)) * widen(key_at(r, T.Ramp(0, 1, lanes)), lanes, dtype)
         for c in range(1, d // lanes):
             ramp = T.Ramp(c * lanes, 1, lanes)
-            acc = acc + q_at(ramp) * T.Cast(vec, key_at(r, ramp))
+            acc = acc + q_at(ramp) * widen(key_at(r, ramp), lanes, dtype)
         return acc
 
     if lanes == block:
@@ -243,6 +248,17 @@ def key_block_scores(
     return T.Select(keys < T.Broadcast(rows, block), sums, T.Broadcast(T.float32(MASKED), block))
 
 
+def widen(x: tirx.PrimExpr, lanes: int, dtype: str) -> tirx.PrimExpr:
+    """A vector x of `dtype` (f16, bf16 or f32) lanes as f32. bf16 by its bits (the 16 high bits of an
+    f32): TVM 0.27 turns a bf16 vector's cast into a numeric conversion of its uint16 storage
+    (a key of 1.0 became 16256.0), though scalar casts in vectorized loops come out right."""
+    vec = f"float32x{lanes}"
+    if dtype == "bfloat16":
+        bits = T.Cast(f"uint32x{lanes}", T.reinterpret(f"uint16x{lanes}", x))
+        return T.reinterpret(vec, T.shift_left(bits, T.Broadcast(T.uint32(16), lanes)))
+    return T.Cast(vec, x)
+
+
 def value_block_sum(
     weight_at: Callable,
     value_at: Callable,
@@ -251,15 +267,15 @@ def value_block_sum(
     block: int,
     c: int,
     rows: tirx.PrimExpr | None,
+    dtype: str,
 ) -> tirx.PrimExpr:
     """sum_r weight_at(r) * value r, for head-dim chunk c, as one expression so that the sum
     stays in registers. With `rows` (a partial block) the rows past it are selected away:
     weight 0 times garbage may be NaN."""
-    vec = f"float32x{lanes}"
     ramp = T.Ramp(c * lanes, 1, lanes)
     terms = []
     for r in range(block):
-        row = T.Cast(vec, value_at(r, ramp))
+        row = widen(value_at(r, ramp), lanes, dtype)
         if rows is not None:
             row = T.Select(T.Broadcast(r < rows, lanes), row, T.Broadcast(T.float32(0), lanes))
         terms.append(T.Broadcast(weight_at(r), lanes) * row)
