@@ -229,8 +229,8 @@ def key_block_scores(
 ) -> tirx.PrimExpr:
     """A block of `block` keys' scores as one float32 vector: q . key_r for r < rows, MASKED
     past them (their memory may hold garbage). q_at(ramp) is q's f32 lanes (pre-scaled to
-    base 2), key_at(r, ramp) key r's, in `dtype`. With a vector per key as wide as the block, a
-    transposing shuffle-add tree (~3 operations per key) replaces a horizontal sum per key
+    base 2), key_at(r, ramp) key r's, in `dtype`. With a vector per key as wide as the block,
+    a transposing shuffle-add tree (~3 operations per key) replaces a horizontal sum per key
     (~9)."""
 
     def dot(r):
@@ -249,8 +249,8 @@ def key_block_scores(
 
 
 def widen(x: tirx.PrimExpr, lanes: int, dtype: str) -> tirx.PrimExpr:
-    """A vector x of `dtype` (f16, bf16 or f32) lanes as f32. bf16 by its bits (the 16 high bits of an
-    f32): TVM 0.27 turns a bf16 vector's cast into a numeric conversion of its uint16 storage
+    """A vector x of `dtype` (f16, bf16 or f32) lanes as f32; bf16 by its bits (an f32's high
+    16). TVM 0.27 turns a bf16 vector's cast into a numeric conversion of its uint16 storage
     (a key of 1.0 became 16256.0), though scalar casts in vectorized loops come out right."""
     vec = f"float32x{lanes}"
     if dtype == "bfloat16":

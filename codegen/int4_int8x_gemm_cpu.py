@@ -190,8 +190,8 @@ def int8x_gemm(
                     out = T.sblock_alloc_buffer((LANES,), spec.x_dtype, scope="local")
                     for ji in range(per_task):
                         for pp in range((m + LANES * PANELS - 1) // (LANES * PANELS)):
-                            tile(Q, S, Z, B, Y, m, (m + LANES - 1) // LANES, xp, dx, dxsum, dots, acc,
-                                 out, jb * per_task + ji, pp)  # fmt: skip
+                            tile(Q, S, Z, B, Y, m, (m + LANES - 1) // LANES, xp, dx, dxsum,
+                                 dots, acc, out, jb * per_task + ji, pp)  # fmt: skip
 
     return gemm_int8x
 
