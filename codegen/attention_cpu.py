@@ -93,6 +93,46 @@ def _block_attention(group: int, d: int, lanes: int, dtype: str) -> Callable:
     return attend
 
 
+def _paired(task, tasks):
+    """The (query row, KV head) of parallel task `task` of `tasks`: early rows (few keys under
+    a causal mask) paired with late ones, so a static split gives each thread the same work."""
+    return T.if_then_else(task % 2 == 0, task // 2, tasks - 1 - task // 2)
+
+
+def _visible(causal, k_len, q_len, row_in_seq):
+    """Keys a query row sees: all, or under the causal mask those up to its position."""
+    return T.if_then_else(causal > 0, T.min(k_len - q_len + row_in_seq + 1, k_len), k_len)
+
+
+@T.macro
+def _find_sequence(q_indptr, batch_size, row, seq):
+    """seq[0] = the sequence whose query rows hold `row`."""
+    seq[0] = 0
+    for bb in range(batch_size):
+        if q_indptr[bb] <= row:
+            seq[0] = bb
+
+
+@T.macro
+def _start_rows(q, row, hk, group, d, sm_scale, qf, o, m, den):
+    """A task's query heads scaled to base 2 into qf, and TVM's initial online-softmax state."""
+    for g, dd in T.grid(group, d):
+        qf[g, dd] = T.Cast(F32, q[row, hk * group + g, dd]) * (sm_scale * LOG2E)
+        o[g, dd] = T.float32(0)
+    for g in range(group):
+        m[g] = T.float32(M_INIT)
+        den[g] = T.float32(D_INIT)
+
+
+@T.macro
+def _finish_rows(output, lse, row, hk, group, d, o, m, den):
+    """A task's outputs (normalized) and base-2 log-sum-exps."""
+    for g in range(group):
+        for dd in T.vectorized(d):
+            output[row, hk * group + g, dd] = T.Cast(output.dtype, o[g, dd] / den[g])
+        lse[row, hk * group + g] = m[g] + T.log2(den[g])
+
+
 def ragged_prefill_kernel(h_kv: int, h_q: int, d: int, dtype: str) -> tirx.PrimFunc:
     """`batch_prefill_ragged_kv`: each sequence's new query rows against its new keys."""
     group = h_q // h_kv
@@ -152,26 +192,15 @@ def ragged_prefill_kernel(h_kv: int, h_q: int, d: int, dtype: str) -> tirx.PrimF
             with T.sblock("prefill"):
                 T.reads(q[0:qo_len, 0:h_q, 0:d], k[0:kv_len, 0:h_kv, 0:d], v[0:kv_len, 0:h_kv, 0:d])
                 T.writes(output[0:qo_len, 0:h_q, 0:d], lse[0:qo_len, 0:h_q])
-                # Pair early rows (few keys under a causal mask) with late ones: a static
-                # split of the tasks then gives each thread the same work.
-                half: T.let[T.int32] = task // 2
-                paired: T.let[T.int32] = T.if_then_else(
-                    task % 2 == 0, half, qo_len * h_kv - 1 - half
-                )
+                paired: T.let[T.int32] = _paired(task, qo_len * h_kv)
                 row: T.let[T.int32] = paired // h_kv
                 hk: T.let[T.int32] = paired % h_kv
                 seq = T.sblock_alloc_buffer((1,), "int32", scope="local")
-                seq[0] = 0
-                for bb in range(batch_size):
-                    if q_indptr[bb] <= row:
-                        seq[0] = bb
+                _find_sequence(q_indptr, batch_size, row, seq)
                 b: T.let[T.int32] = seq[0]
                 q_len: T.let[T.int32] = q_indptr[b + 1] - q_indptr[b]
                 k_len: T.let[T.int32] = kv_indptr[b + 1] - kv_indptr[b]
-                # Keys this row sees: all, or under the causal mask those up to its position.
-                visible: T.let[T.int32] = T.if_then_else(
-                    causal > 0, T.min(k_len - q_len + (row - q_indptr[b]) + 1, k_len), k_len
-                )
+                visible: T.let[T.int32] = _visible(causal, k_len, q_len, row - q_indptr[b])
                 qf = T.sblock_alloc_buffer((group, d), F32)
                 o = T.sblock_alloc_buffer((group, d), F32)
                 s = T.sblock_alloc_buffer((group, BLOCK), F32)
@@ -180,12 +209,7 @@ def ragged_prefill_kernel(h_kv: int, h_q: int, d: int, dtype: str) -> tirx.PrimF
                 vt = T.sblock_alloc_buffer((BLOCK, 1, d), F32)
                 m = T.sblock_alloc_buffer((group,), F32)
                 den = T.sblock_alloc_buffer((group,), F32)
-                for g, dd in T.grid(group, d):
-                    qf[g, dd] = T.Cast(F32, q[row, hk * group + g, dd]) * (sm_scale * LOG2E)
-                    o[g, dd] = T.float32(0)
-                for g in range(group):
-                    m[g] = T.float32(M_INIT)
-                    den[g] = T.float32(D_INIT)
+                _start_rows(q, row, hk, group, d, sm_scale, qf, o, m, den)
                 # Full blocks straight from k and v; a partial one through f32 scratch rows.
                 for blk in range(visible // BLOCK):
                     first: T.let[T.int32] = kv_indptr[b] + blk * BLOCK
@@ -201,10 +225,7 @@ def ragged_prefill_kernel(h_kv: int, h_q: int, d: int, dtype: str) -> tirx.PrimF
                             kt[r, 0, dd] = T.float32(0)
                             vt[r, 0, dd] = T.float32(0)
                     scratch(kt, vt, 0, 0, qf, o, s, m, den, top, count, False)
-                for g in range(group):
-                    for dd in T.vectorized(d):
-                        output[row, hk * group + g, dd] = T.Cast(dtype, o[g, dd] / den[g])
-                    lse[row, hk * group + g] = m[g] + T.log2(den[g])
+                _finish_rows(output, lse, row, hk, group, d, o, m, den)
 
     return batch_prefill_ragged_kv
 
@@ -286,46 +307,30 @@ def paged_prefill_kernel(
                     pages[0:max_num_pages, 0:2, 0:h_kv, 0:page_size, 0:d],
                 )
                 T.writes(output[0:total_len, 0:h_q, 0:d], lse[0:total_len, 0:h_q])
-                half: T.let[T.int32] = task // 2
-                paired: T.let[T.int32] = T.if_then_else(
-                    task % 2 == 0, half, total_len * h_kv - 1 - half
-                )
+                paired: T.let[T.int32] = _paired(task, total_len * h_kv)
                 row: T.let[T.int32] = paired // h_kv
                 hk: T.let[T.int32] = paired % h_kv
                 seq = T.sblock_alloc_buffer((1,), "int32", scope="local")
-                seq[0] = 0
-                for bb in range(batch_size):
-                    if q_indptr[bb] <= row:
-                        seq[0] = bb
+                _find_sequence(q_indptr, batch_size, row, seq)
                 b: T.let[T.int32] = seq[0]
                 q_len: T.let[T.int32] = q_indptr[b + 1] - q_indptr[b]
                 n_pages: T.let[T.int32] = page_indptr[b + 1] - page_indptr[b]
                 k_len: T.let[T.int32] = T.if_then_else(
                     n_pages > 0, (n_pages - 1) * page_size + last_len[b], 0
                 )
-                visible: T.let[T.int32] = T.if_then_else(
-                    causal > 0, T.min(k_len - q_len + (row - q_indptr[b]) + 1, k_len), k_len
-                )
+                visible: T.let[T.int32] = _visible(causal, k_len, q_len, row - q_indptr[b])
                 qf = T.sblock_alloc_buffer((group, d), F32)
                 o = T.sblock_alloc_buffer((group, d), F32)
                 s = T.sblock_alloc_buffer((group, BLOCK), F32)
                 top = T.sblock_alloc_buffer((1,), F32)
                 m = T.sblock_alloc_buffer((group,), F32)
                 den = T.sblock_alloc_buffer((group,), F32)
-                for g, dd in T.grid(group, d):
-                    qf[g, dd] = T.Cast(F32, q[row, hk * group + g, dd]) * (sm_scale * LOG2E)
-                    o[g, dd] = T.float32(0)
-                for g in range(group):
-                    m[g] = T.float32(M_INIT)
-                    den[g] = T.float32(D_INIT)
+                _start_rows(q, row, hk, group, d, sm_scale, qf, o, m, den)
                 for p in range((visible + page_size - 1) // page_size):
                     page: T.let[T.int32] = page_values[page_indptr[b] + p]
                     rows: T.let[T.int32] = T.min(page_size, visible - p * page_size)
                     page_block(pages, pages, page, hk, qf, o, s, m, den, top, rows, True)
-                for g in range(group):
-                    for dd in T.vectorized(d):
-                        output[row, hk * group + g, dd] = T.Cast(dtype, o[g, dd] / den[g])
-                    lse[row, hk * group + g] = m[g] + T.log2(den[g])
+                _finish_rows(output, lse, row, hk, group, d, o, m, den)
 
     return batch_prefill_paged_kv_cpu
 
