@@ -148,13 +148,7 @@ def int8x_gemv(
                     T.fabs(x_at(X, P, i_, b * BLOCK + i)),
                     T.fabs(x_at(X, P, i_, b * BLOCK + 16 + i)),
                 )
-            for i in T.vectorized(8):
-                m16[i] = T.max(m16[i], m16[i + 8])
-            for i in T.vectorized(4):
-                m16[i] = T.max(m16[i], m16[i + 4])
-            for i in T.vectorized(2):
-                m16[i] = T.max(m16[i], m16[i + 2])
-            m16[0] = T.max(m16[0], m16[1])
+            fold16(m16, True)
             dx[i_, b] = m16[0] / T.float32(127)
             m16[1] = T.if_then_else(m16[0] > T.float32(0), T.float32(127) / m16[0], T.float32(0))
             for h in range(2):
@@ -183,17 +177,10 @@ def int8x_gemv(
                 # xg: per weight group, the sum of its x as quantized, for the zero points.
                 for i in T.vectorized(16):
                     r32[i] = r32[i] + r32[i + 16]
-                for i in T.vectorized(8):
-                    r32[i] = r32[i] + r32[i + 8]
-                for i in T.vectorized(4):
-                    r32[i] = r32[i] + r32[i + 4]
-                for i in T.vectorized(2):
-                    r32[i] = r32[i] + r32[i + 2]
+                fold16(r32, False)
                 if b % (g // BLOCK) == 0:
                     xg[i_, b // (g // BLOCK)] = T.float32(0)
-                xg[i_, b // (g // BLOCK)] = xg[i_, b // (g // BLOCK)] + dx[i_, b] * (
-                    r32[0] + r32[1]
-                )
+                xg[i_, b // (g // BLOCK)] = xg[i_, b // (g // BLOCK)] + dx[i_, b] * r32[0]
 
     @T.macro
     def add_segment(acc, Q, S, xq, xinit, dx, row, r, i, m, base, c, width):
@@ -296,6 +283,23 @@ def int8x_gemv(
                                         )
 
     return gemv_int8x
+
+
+def _combine(largest: bool, a, b):
+    return T.max(a, b) if largest else a + b
+
+
+@T.macro
+def fold16(t16, largest):
+    """t16[0] = the max (largest) or the sum of t16's 16 values, by a tree of vector halves
+    (the other lanes are spent)."""
+    for i in T.vectorized(8):
+        t16[i] = _combine(largest, t16[i], t16[i + 8])
+    for i in T.vectorized(4):
+        t16[i] = _combine(largest, t16[i], t16[i + 4])
+    for i in T.vectorized(2):
+        t16[i] = _combine(largest, t16[i], t16[i + 2])
+    t16[0] = _combine(largest, t16[0], t16[1])
 
 
 def int8x_reference(

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from tvm.script import tirx as T
 
-from .int4_int8x_cpu import BLOCK, DPBUSD, tasks_per_iteration
+from .int4_int8x_cpu import BLOCK, DPBUSD, fold16, tasks_per_iteration
 from .linear_cpu import _largest_divisor
 
 if TYPE_CHECKING:  # int4_cpu imports this module
@@ -108,7 +108,7 @@ def int8x_gemm(
                         )
                     for i in T.vectorized(16):
                         t16[i] = T.max(T.fabs(q32[i]), T.fabs(q32[i + 16]))
-                    _fold(t16, True)
+                    fold16(t16, True)
                     # t16[0]: the block's largest |x|; t16[1]: 127 over it (0 for a zero block).
                     t16[1] = T.if_then_else(
                         t16[0] > T.float32(0), T.float32(127) / t16[0], T.float32(0)
@@ -122,7 +122,7 @@ def int8x_gemm(
                         )
                     for i in T.vectorized(16):
                         t16[i] = q32[i] + q32[i + 16]
-                    _fold(t16, False)
+                    fold16(t16, False)
                     dxsum[p, b, lane] = dx[p, b, lane] * t16[0]
 
     @T.macro
@@ -194,20 +194,3 @@ def int8x_gemm(
                                  dots, acc, out, jb * per_task + ji, pp)  # fmt: skip
 
     return gemm_int8x
-
-
-def _combine(largest: bool, a, b):
-    return T.max(a, b) if largest else a + b
-
-
-@T.macro
-def _fold(t16, largest):
-    """t16[0] = the max (largest) or the sum of t16's 16 values, by a tree of vector halves
-    (the other lanes are spent)."""
-    for i in T.vectorized(8):
-        t16[i] = _combine(largest, t16[i], t16[i + 8])
-    for i in T.vectorized(4):
-        t16[i] = _combine(largest, t16[i], t16[i + 4])
-    for i in T.vectorized(2):
-        t16[i] = _combine(largest, t16[i], t16[i + 2])
-    t16[0] = _combine(largest, t16[0], t16[1])
