@@ -402,6 +402,15 @@ def bench(
     show_default=True,
     help="Seconds in-flight requests get to finish after Ctrl-C or SIGTERM.",
 )
+@click.option(
+    "--prefix-cache",
+    type=click.IntRange(min=0),
+    default=8,
+    show_default=True,
+    help="Finished requests kept in the KV cache, so that a prompt starting like one of them "
+    "(a chat's next turn) skips that part of its prefill; they give way when pages run short. "
+    "0: off.",
+)
 @friendly_errors
 def serve(
     model: str,
@@ -415,6 +424,7 @@ def serve(
     max_batch_size: int,
     max_waiting: int,
     drain_timeout: float,
+    prefix_cache: int,
     threads: int | None,
 ) -> None:
     """Serve MODEL or BUNDLE (default: the embedded SmolLM2) with an OpenAI-compatible API."""
@@ -431,7 +441,7 @@ def serve(
         max_batch_size=max_batch_size,
         threads=threads,
     )
-    options = ServeOptions(host, port, served_model_name, drain_timeout, settings)
+    options = ServeOptions(host, port, served_model_name, drain_timeout, settings, prefix_cache)
     run_server(model, launch_opts, options)
 
 

@@ -69,17 +69,25 @@ class PagedKVCache:
         self.free_pages.extend(reversed(self.page_tables.pop(seq_id)))
         del self.lengths[seq_id]
 
-    def fork_sequence(self, parent: int, child: int) -> None:
-        """Start `child` as a copy of `parent`'s tokens (pages copied, not shared)."""
+    def fork_sequence(self, parent: int, child: int, length: int | None = None) -> None:
+        """Start `child` as a copy of `parent`'s first `length` tokens (all of them by default;
+        pages copied, not shared)."""
         self._known(parent)
         if child in self.lengths:
             raise RequestError(f"sequence {child} is already in the KV cache")
-        pages = self._allocate(len(self.page_tables[parent]), f"fork {parent} into {child}")
+        length = self.lengths[parent] if length is None else length
+        if not 0 <= length <= self.lengths[parent]:
+            raise RequestError(
+                f"cannot fork {child} from the first {length} tokens of sequence {parent}, "
+                f"which holds {self.lengths[parent]}"
+            )
+        source = self.page_tables[parent][: self.pages_for(length)]
+        pages = self._allocate(len(source), f"fork {parent} into {child}")
         for layer in range(self.type.num_layers):
-            self.keys[layer][pages] = self.keys[layer][self.page_tables[parent]]
-            self.values[layer][pages] = self.values[layer][self.page_tables[parent]]
+            self.keys[layer][pages] = self.keys[layer][source]
+            self.values[layer][pages] = self.values[layer][source]
         self.page_tables[child] = pages
-        self.lengths[child] = self.lengths[parent]
+        self.lengths[child] = length
 
     def seq_len(self, seq_id: int) -> int:
         self._known(seq_id)

@@ -144,8 +144,9 @@ def _answer(
     if show_stats and first is not None:
         elapsed = time.perf_counter() - first
         rate = (len(done.token_ids) - 1) / elapsed if elapsed > 0 else float("inf")
+        cached = f" ({done.cached_tokens} cached)" if done.cached_tokens else ""
         write(
-            f"[{len(prompt)} prompt tokens, {len(done.token_ids)} generated, first token "
+            f"[{len(prompt)} prompt tokens{cached}, {len(done.token_ids)} generated, first token "
             f"{first - start:.2f} s, {rate:.1f} tok/s]\n"
         )
     return done

@@ -4,12 +4,14 @@ Each step: take in requests and aborts queued since the last step (any thread ma
 only one thread calls `step`), admit waiting requests first come first served while batch
 slots and KV pages allow, run one chunked, ragged prefill call (at most prefill_chunk_size
 tokens over all sequences), run one decode call for every sequence that was already decoding,
-sample, detokenize, check stop conditions, and free the pages of finished sequences.
+sample, detokenize, check stop conditions, and free the pages of finished sequences, or keep
+the last few in the KV cache (runtime/prefix_cache.py): a request whose prompt starts like a
+kept or running sequence is forked from it and prefills only the rest.
 
-When a decode or prefill needs more KV pages than are free, the most recently admitted
-sequence is preempted: its pages are freed and it goes back to the front of the queue, to be
-prefilled again later with its prompt and the tokens it has generated so far (vLLM's
-recompute preemption); its output stream simply pauses.
+When a decode or prefill needs more KV pages than are free, kept sequences are dropped first,
+oldest first; then the most recently admitted sequence is preempted: its pages are freed and it
+goes back to the front of the queue, to be prefilled again later with its prompt and the tokens
+it has generated so far (vLLM's recompute preemption); its output stream simply pauses.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 from ..errors import RequestError
 from . import sampling
 from .detokenizer import IncrementalDetokenizer, StopStrings
+from .prefix_cache import PrefixCache, common_prefix
 from .sequence import Completion, EngineTokenizer, SequenceState
 from .types import EngineStats, Executor, FinishReason, Request, RequestOutput
 
@@ -38,6 +41,7 @@ class Engine:
         *,
         max_batch_size: int = 8,
         prefill_chunk_size: int = 512,
+        prefix_cache_size: int = 8,
         seed: int | None = None,
     ) -> None:
         if max_batch_size < 1 or prefill_chunk_size < 1:
@@ -71,7 +75,23 @@ class Engine:
         self._running: list[SequenceState] = []  # in admission order
         self._by_id: dict[str, SequenceState] = {}
         self._next_seq_id = 0
-        self._counters = {"preemptions": 0.0, "prompt_tokens": 0.0, "generated_tokens": 0.0}
+        self._counters = {
+            "preemptions": 0.0,
+            "prompt_tokens": 0.0,
+            "generated_tokens": 0.0,
+            "cached_prompt_tokens": 0.0,
+        }
+        # Finished sequences kept for their prefixes, where the executor can fork (TVM's cache
+        # forks no sliding-window sequence).
+        self._fork: Callable[[int, int, int], None] | None = getattr(
+            executor, "fork_sequence", None
+        )
+        windowed = getattr(executor, "sliding_window", None) is not None
+        self._prefixes = (
+            PrefixCache(prefix_cache_size, executor.page_size)
+            if prefix_cache_size > 0 and self._fork is not None and not windowed
+            else None
+        )
         self._snapshot = (0, 0, executor.num_pages - executor.free_pages())
 
     # --- any thread ---------------------------------------------------------------------------
@@ -139,6 +159,11 @@ class Engine:
 
     # --- the engine thread --------------------------------------------------------------------
 
+    def clear_prefix_cache(self) -> None:
+        """Free every sequence kept for its prefix (before the executor outlives this engine)."""
+        while self._evict_prefix():
+            pass
+
     def step(self) -> list[RequestOutput]:
         """Run one scheduling round; returns one output per request that advanced or finished."""
         touched: dict[str, SequenceState] = {}
@@ -180,7 +205,9 @@ class Engine:
         )
 
     def _admit(self, touched: dict[str, SequenceState]) -> None:
-        """Admit from the front of the queue while a slot is open and its prompt's pages are free."""
+        """Admit from the front of the queue while a slot is open and its prompt's pages are free
+        (counted as if nothing were shared), forking the kept or running sequence that shares
+        the longest prefix with it."""
         while self._waiting and len(self._running) < self.max_batch_size:
             seq = self._waiting[0]
             owed = sum(
@@ -188,16 +215,59 @@ class Engine:
                 for r in self._running
                 if r.prefilling
             )
-            if self._pages(len(seq.ids) + 1) > self.executor.free_pages() - owed:
+            source, shared = self._fork_source(seq.ids)
+            need = self._pages(len(seq.ids) + 1)
+            while need > self.executor.free_pages() - owed and self._evict_prefix(keep=source):
+                pass
+            if need > self.executor.free_pages() - owed:
+                if source is not None and self._kept(source):
+                    self._drop_prefix(source)  # the others were not enough: this one too
+                    continue
                 if not self._running:  # the whole cache cannot hold it: never wait forever
                     self._finish(seq, "length", touched)
                     continue
                 return  # first come, first served: nobody overtakes the head of the queue
             self._waiting.popleft()
             seq.seq_id, self._next_seq_id = self._next_seq_id, self._next_seq_id + 1
-            seq.computed, seq.prefilling = 0, True
-            self.executor.add_sequence(seq.seq_id)
+            seq.prefilling, seq.computed, seq.cached_tokens = True, shared, shared
+            if source is None or self._fork is None:
+                self.executor.add_sequence(seq.seq_id)
+            else:
+                self._fork(source, seq.seq_id, shared)
+                if self._prefixes is not None and source in self._prefixes:
+                    self._prefixes.touch(source)
+                with self._lock:
+                    self._counters["cached_prompt_tokens"] += shared
             self._running.append(seq)
+
+    def _fork_source(self, ids: Sequence[int]) -> tuple[int | None, int]:
+        """The kept or running sequence whose cached tokens share the longest prefix with `ids`
+        (at least a page's worth), and how many tokens; (None, 0) if none."""
+        if self._prefixes is None:
+            return None, 0
+        source, shared = self._prefixes.longest(ids)
+        for run in self._running:
+            n = common_prefix(run.ids, ids, min(run.computed, len(ids) - 1))
+            if n >= self._prefixes.min_tokens and n > shared:
+                source, shared = run.seq_id, n
+        return source, shared
+
+    def _kept(self, seq_id: int) -> bool:
+        return self._prefixes is not None and seq_id in self._prefixes
+
+    def _evict_prefix(self, keep: int | None = None) -> bool:
+        """Remove the least recently used kept sequence but `keep` from the KV cache; False if
+        there was none."""
+        victim = self._prefixes.pop_oldest(keep) if self._prefixes is not None else None
+        if victim is None:
+            return False
+        self.executor.remove_sequence(victim)
+        return True
+
+    def _drop_prefix(self, seq_id: int) -> None:
+        assert self._prefixes is not None
+        self._prefixes.pop(seq_id)
+        self.executor.remove_sequence(seq_id)
 
     def _prefill(self, touched: dict[str, SequenceState]) -> None:
         plan = self._with_room(self._plan_prefill, touched)
@@ -243,6 +313,8 @@ class Engine:
             need = sum(self._pages(s.computed + n) - self._pages(s.computed) for s, n in batch)
             if need <= self.executor.free_pages():
                 return batch
+            if self._evict_prefix():  # kept sequences go before anything running
+                continue
             victim = self._running[-1]
             if len(self._running) == 1:  # alone and out of pages: the cache is its context
                 self._finish(victim, "length", touched)
@@ -297,10 +369,16 @@ class Engine:
         self._release(seq)
 
     def _release(self, seq: SequenceState) -> None:
-        """Forget a finished sequence: free its pages and its request id."""
+        """Forget a finished sequence and its request id; its pages are freed, or it is kept in
+        the prefix cache."""
         if seq in self._running:
-            self.executor.remove_sequence(seq.seq_id)
             self._running.remove(seq)
+            if self._prefixes is not None and seq.computed >= self._prefixes.min_tokens:
+                # Kept for a later prompt that starts the same way (evicted when pages run short).
+                for old in self._prefixes.add(seq.seq_id, seq.ids[: seq.computed]):
+                    self.executor.remove_sequence(old)
+            else:
+                self.executor.remove_sequence(seq.seq_id)
         elif seq in self._waiting:
             self._waiting.remove(seq)
         self._by_id.pop(seq.request.request_id, None)

@@ -46,6 +46,9 @@ class InterpreterExecutor:
     def remove_sequence(self, seq_id: int) -> None:
         self.cache.remove_sequence(seq_id)
 
+    def fork_sequence(self, parent: int, child: int, length: int) -> None:
+        self.cache.fork_sequence(parent, child, length)
+
     def free_pages(self) -> int:
         return self.cache.num_free_pages
 

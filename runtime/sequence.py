@@ -31,6 +31,7 @@ class SequenceState:
     stops: StopStrings
     seq_id: int = -1  # the executor's id while admitted
     computed: int = 0  # tokens in the KV cache
+    cached_tokens: int = 0  # prompt tokens forked from the prefix cache at admission
     prefilling: bool = True  # until its next token is sampled after (re)admission
     finish_reason: FinishReason | None = None
     # What the current step produced, handed out as one RequestOutput.
@@ -56,6 +57,7 @@ class SequenceState:
             finish_reason=self.finish_reason,
             prompt_tokens=self.prompt_len,
             completion_tokens=self.num_generated,
+            cached_tokens=self.cached_tokens,
         )
         self.new_ids, self.new_text, self.new_logprobs = [], [], []
         return out
@@ -71,6 +73,11 @@ class Completion:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
 
     def add(self, out: RequestOutput) -> None:
         self.token_ids.extend(out.token_ids)
@@ -78,3 +85,4 @@ class Completion:
         self.logprobs.extend(out.logprobs)
         self.finish_reason = out.finish_reason
         self.prompt_tokens = out.prompt_tokens
+        self.cached_tokens = out.cached_tokens

@@ -56,6 +56,7 @@ class RequestOutput:
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0  # total so far
+    cached_tokens: int = 0  # prompt tokens taken from the prefix cache, not computed
 
     @property
     def finished(self) -> bool:
@@ -76,7 +77,8 @@ class Executor(Protocol):
 
     An executor whose cache is sized for a batch may also have `max_batch_size` (sequences per
     call) and `prefill_chunk_size` (tokens per call, a decode step's one per sequence included);
-    the engine never exceeds them.
+    the engine never exceeds them. One with `fork_sequence(parent, child, length)`, which starts
+    `child` with `parent`'s first `length` tokens already cached, gets the engine's prefix cache.
     """
 
     vocab_size: int

@@ -93,6 +93,19 @@ class VMExecutor:
         _builtin("kv_state_remove_sequence")(self.kv_cache, seq_id)
         del self.lengths[seq_id]
 
+    def fork_sequence(self, parent: int, child: int, length: int) -> None:
+        """Start `child` with `parent`'s first `length` tokens: TVM's cache shares their full
+        pages and copies a partial last one."""
+        if self.sliding_window is not None:
+            raise RequestError("sequences with a sliding window cannot be forked")
+        if not 0 <= length <= self._length(parent) or child in self.lengths:
+            raise RequestError(
+                f"cannot fork sequence {child} from the first {length} tokens of sequence "
+                f"{parent} ({self._length(parent)} tokens)"
+            )
+        _builtin("kv_state_fork_sequence")(self.kv_cache, parent, child, length)
+        self.lengths[child] = length
+
     def prefill(
         self, seq_ids: Sequence[int], chunks: Sequence[Sequence[int]], *, last_only: bool = True
     ) -> np.ndarray:

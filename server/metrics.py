@@ -3,8 +3,10 @@
 vLLM's: vllm:num_requests_running / _waiting, vllm:kv_cache_usage_perc (a fraction, 0-1),
 vllm:prompt_tokens_total, vllm:generation_tokens_total, vllm:time_to_first_token_seconds,
 vllm:inter_token_latency_seconds, vllm:e2e_request_latency_seconds,
-vllm:request_success_total{finished_reason}, vllm:num_preemptions_total, all labelled
-model_name. Requests by HTTP status: http_requests_total{handler, method, status}, the name
+vllm:request_success_total{finished_reason}, vllm:num_preemptions_total,
+vllm:prefix_cache_queries_total / _hits_total (prompt tokens prefilled / served by the prefix
+cache), all labelled model_name. kv_cache_usage_perc counts the pages of finished requests kept
+for their prefixes (runtime/prefix_cache.py): they give way whenever a request needs them. Requests by HTTP status: http_requests_total{handler, method, status}, the name
 vLLM's server exposes through prometheus-fastapi-instrumentator (here with the exact status).
 """
 
@@ -52,11 +54,25 @@ class _EngineCollector(Collector):
             family = GaugeMetricFamily(name, doc, labels=["model_name"])
             family.add_metric([self.model], value)
             yield family
-        preempted = CounterMetricFamily(
-            "vllm:num_preemptions", "Sequences preempted for KV pages.", labels=["model_name"]
-        )
-        preempted.add_metric([self.model], stats.extra.get("preemptions", 0.0))
-        yield preempted
+        extra = stats.extra
+        hits = extra.get("cached_prompt_tokens", 0.0)
+        counters = [
+            (
+                "vllm:num_preemptions",
+                "Sequences preempted for KV pages.",
+                extra.get("preemptions", 0.0),
+            ),
+            (
+                "vllm:prefix_cache_queries",
+                "Prompt tokens prefilled: computed, or served by the prefix cache.",
+                extra.get("prompt_tokens", 0.0) + hits,
+            ),
+            ("vllm:prefix_cache_hits", "Prompt tokens the prefix cache served.", hits),
+        ]
+        for name, doc, value in counters:
+            family = CounterMetricFamily(name, doc, labels=["model_name"])
+            family.add_metric([self.model], value)
+            yield family
 
 
 class Metrics:

@@ -43,6 +43,7 @@ class ChoiceEvent:
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int  # total so far
+    cached_tokens: int = 0  # prompt tokens the prefix cache served
 
 
 async def choice_events(
@@ -60,6 +61,7 @@ async def choice_events(
             out.finish_reason,
             out.prompt_tokens,
             out.completion_tokens,
+            out.cached_tokens,
         )
 
 
@@ -69,18 +71,22 @@ class Usage:
     def __init__(self, n: int) -> None:
         self.n = n
         self.prompt: dict[int, int] = {}
+        self.cached: dict[int, int] = {}  # per prompt, the fewest any of its choices was served
         self.completion: dict[int, int] = {}
 
     def add(self, event: ChoiceEvent) -> None:
-        self.prompt[event.index // self.n] = event.prompt_tokens
+        prompt = event.index // self.n
+        self.prompt[prompt] = event.prompt_tokens
+        self.cached[prompt] = min(self.cached.get(prompt, event.cached_tokens), event.cached_tokens)
         self.completion[event.index] = event.completion_tokens
 
-    def body(self) -> dict[str, int]:
+    def body(self) -> dict[str, Any]:
         prompt, completion = sum(self.prompt.values()), sum(self.completion.values())
         return {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": sum(self.cached.values())},
         }
 
 

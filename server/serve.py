@@ -36,12 +36,18 @@ class ServeOptions:
     served_name: str | None = None  # what clients send as `model`; default: the MODEL argument
     drain_timeout_s: float = 30.0
     settings: ServerSettings = field(default_factory=ServerSettings)
+    prefix_cache_size: int = 8  # finished requests kept for prefixes: runtime/prefix_cache.py
 
 
 def serve(ref: str, launch_options: LaunchOptions, options: ServeOptions) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     opened = launch(ref, launch_options)
-    engine = Engine(opened.executor, opened.tokenizer, max_batch_size=launch_options.max_batch_size)
+    engine = Engine(
+        opened.executor,
+        opened.tokenizer,
+        max_batch_size=launch_options.max_batch_size,
+        prefix_cache_size=options.prefix_cache_size,
+    )
     model = ServedModel(
         name=options.served_name or ref,
         tokenizer=opened.tokenizer,

@@ -5,7 +5,11 @@
 Each client sends streaming chat requests back to back (`stream_options.include_usage`) and
 records time to first token (first content delta), end-to-end latency and the completion
 tokens the server reports. Any non-200 status, error event or missing `[DONE]` is an error.
-Prints a table (or JSON with --json) and exits 1 if any request failed.
+With `--system-words N` every request starts with the same system message (the first N words of
+the shipped held-out text), as an application's fixed instructions do; the report then says
+what share of the prompt tokens the server's prefix cache served
+(`usage.prompt_tokens_details.cached_tokens`). Prints a table (or JSON with --json) and exits 1
+if any request failed.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import aiohttp
+
+HELDOUT = os.path.join(os.path.dirname(__file__), "..", "passes", "data", "heldout.txt")
 
 PROMPTS = (
     "What is the capital of France?",
@@ -39,6 +45,8 @@ class Result:
     ttft_s: float = 0.0
     e2e_s: float = 0.0
     completion_tokens: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
     error: str = ""
 
 
@@ -55,6 +63,7 @@ class Report:
     e2e_p50_s: float
     e2e_p99_s: float
     mean_completion_tokens: float
+    cached_prompt_share: float  # prompt tokens the prefix cache served / all prompt tokens
     load_average: tuple[float, float, float] = field(default_factory=lambda: os.getloadavg())
     error_samples: list[str] = field(default_factory=list)
 
@@ -72,7 +81,7 @@ async def one_request(
     session: aiohttp.ClientSession, url: str, body: dict, headers: dict[str, str]
 ) -> Result:
     start = time.perf_counter()
-    ttft, tokens, done = None, 0, False
+    ttft, usage, done = None, {}, False
     try:
         async with session.post(url, json=body, headers=headers) as r:
             if r.status != 200:
@@ -91,14 +100,21 @@ async def one_request(
                 for choice in chunk.get("choices", []):
                     if ttft is None and choice["delta"].get("content"):
                         ttft = time.perf_counter() - start
-                if chunk.get("usage"):
-                    tokens = chunk["usage"]["completion_tokens"]
+                usage = chunk.get("usage") or usage
     except (aiohttp.ClientError, asyncio.TimeoutError) as e:
         return Result(False, error=f"{type(e).__name__}: {e}")
     e2e = time.perf_counter() - start
     if not done:
         return Result(False, error="stream ended without [DONE]")
-    return Result(True, ttft if ttft is not None else e2e, e2e, tokens)
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+    return Result(
+        True,
+        ttft if ttft is not None else e2e,
+        e2e,
+        usage.get("completion_tokens", 0),
+        usage.get("prompt_tokens", 0),
+        cached,
+    )
 
 
 async def run(args: argparse.Namespace) -> Report:
@@ -106,12 +122,17 @@ async def run(args: argparse.Namespace) -> Report:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     results: list[Result] = []
     counter = iter(range(args.requests))
+    system = []
+    if args.system_words:
+        with open(HELDOUT, encoding="utf-8") as f:
+            words = " ".join(f.read().split()[: args.system_words])
+        system = [{"role": "system", "content": words}]
 
     async def client(session: aiohttp.ClientSession) -> None:
         for i in counter:  # clients share the counter: args.requests in all
             body = {
                 "model": args.model,
-                "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                "messages": [*system, {"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
                 "max_tokens": args.max_tokens,
                 "temperature": args.temperature,
                 "stream": True,
@@ -142,6 +163,9 @@ async def run(args: argparse.Namespace) -> Report:
         mean_completion_tokens=round(statistics.fmean([r.completion_tokens for r in ok]), 2)
         if ok
         else 0.0,
+        cached_prompt_share=round(
+            sum(r.cached_tokens for r in ok) / max(1, sum(r.prompt_tokens for r in ok)), 4
+        ),
         error_samples=[r.error for r in results if not r.ok][:5],
     )
 
@@ -156,6 +180,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--timeout", type=float, default=600, help="per request, seconds")
+    parser.add_argument(
+        "--system-words", type=int, default=0, help="a shared system message of N words"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args()
     report = asyncio.run(run(args))

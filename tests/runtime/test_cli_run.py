@@ -48,9 +48,13 @@ def test_run_prompt_is_the_chat_template_with_the_history(tiny_checkpoint):
     first = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     want = len(encode_chat(Tokenizer(info).hf, info, first))
     assert f"[{want} prompt tokens, 3 generated" in result.output
-    # the second prompt holds the first answer too
-    counts = [int(part.split(" prompt")[0]) for part in result.output.split("[")[1:]]
+    # the second prompt holds the first answer too, and starts as the first one did: the
+    # prefix cache serves at least the first prompt
+    stats = result.output.split("[")[1:]
+    counts = [int(part.split(" prompt")[0]) for part in stats]
     assert counts[0] == want and counts[1] > want + 3
+    assert "cached" not in stats[0]
+    assert int(stats[1].split("(")[1].split(" cached")[0]) >= want, stats[1]
 
 
 def test_run_without_a_chat_template_uses_a_transcript(tiny_checkpoint):

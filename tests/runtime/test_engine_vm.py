@@ -67,3 +67,22 @@ def test_engine_on_the_vm_matches_the_interpreter(executor, tiny_llama):
     # Asked for more than the cache was built for, the engine stays within it.
     got, _ = run_greedy(executor, PROMPTS, chunk=64, batch=8)
     assert got == want
+
+
+def test_a_forked_sequence_matches_one_computed_whole(executor):
+    """TVM's fork (the prefix cache's): full pages shared, a partial last page copied."""
+    prompt = PROMPTS[3]  # 31 tokens: a full page and a partial one
+    executor.add_sequence(70)
+    executor.prefill([70], [prompt])
+    free = executor.free_pages()
+    executor.fork_sequence(70, 71, 20)
+    assert free - executor.free_pages() == 1, "only tokens 16..19's page is copied"
+    forked = executor.prefill([71], [prompt[20:]])
+    executor.add_sequence(72)
+    whole = executor.prefill([72], [prompt])
+    np.testing.assert_allclose(forked, whole, rtol=1e-4, atol=1e-4)
+    with pytest.raises(RequestError, match="first 40 tokens of sequence 70"):
+        executor.fork_sequence(70, 73, 40)
+    for s in (70, 71, 72):
+        executor.remove_sequence(s)
+    assert executor.free_pages() == executor.num_pages

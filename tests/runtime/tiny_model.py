@@ -26,11 +26,13 @@ class NoText:
 def run_greedy(
     executor: Executor, prompts: list[list[int]], chunk: int = 512, batch: int = 4
 ) -> tuple[list[list[int]], EngineStats]:
-    """STEPS greedy tokens per prompt, all submitted at once; checks every page comes back."""
+    """STEPS greedy tokens per prompt, all submitted at once; checks every page comes back once
+    the prefix cache is cleared."""
     engine = Engine(executor, NoText(), max_batch_size=batch, prefill_chunk_size=chunk)
     params = SamplingParams(temperature=0.0, max_tokens=STEPS)
     for i, p in enumerate(prompts):
         engine.add_request(Request(str(i), tuple(p), params))
     done = run_to_completion(engine)
+    engine.clear_prefix_cache()
     assert executor.free_pages() == executor.num_pages
     return [done[str(i)].token_ids for i in range(len(prompts))], engine.stats()

@@ -50,6 +50,7 @@ async def test_answer(serve, tokenizer) -> None:
         "prompt_tokens": len(prompt),
         "completion_tokens": reply,
         "total_tokens": len(prompt) + reply,
+        "prompt_tokens_details": {"cached_tokens": 0},  # the first request: nothing kept yet
     }
 
 

@@ -58,6 +58,8 @@ async def test_metrics_use_vllm_names(serve) -> None:
     assert found["vllm:kv_cache_usage_perc", model] == 0
     assert found["vllm:prompt_tokens_total", model] == body["usage"]["prompt_tokens"]
     assert found["vllm:generation_tokens_total", model] == body["usage"]["completion_tokens"]
+    assert found["vllm:prefix_cache_queries_total", model] == body["usage"]["prompt_tokens"]
+    assert found["vllm:prefix_cache_hits_total", model] == 0  # this executor cannot fork
     assert found["vllm:time_to_first_token_seconds_count", model] == 1
     assert (
         found["vllm:inter_token_latency_seconds_count", model]

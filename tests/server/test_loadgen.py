@@ -26,13 +26,18 @@ async def test_loadgen_run(aiohttp_server, tokenizer) -> None:
     server = await aiohttp_server(app)
     args = argparse.Namespace(
         url=str(server.make_url("/")), model="tiny", api_key="k", concurrency=8,
-        requests=24, max_tokens=5, temperature=0.0, timeout=60,
+        requests=24, max_tokens=5, temperature=0.0, timeout=60, system_words=0,
     )  # fmt: skip
     report = await loadgen.run(args)
     assert (report.requests, report.errors) == (24, 0)
     assert report.mean_completion_tokens == 5
     assert 0 < report.ttft_p50_s <= report.ttft_p99_s <= report.e2e_p99_s
     assert report.request_throughput > 0
+    assert report.cached_prompt_share == 0  # the scripted executor cannot fork
+    args.system_words, args.requests = 50, 4
+    shared = await loadgen.run(args)
+    assert (shared.requests, shared.errors) == (4, 0)
+    args.system_words, args.requests = 0, 24
     args.api_key = "wrong"
     bad = await loadgen.run(args)
     assert bad.errors == 24 and "HTTP 401" in bad.error_samples[0]

@@ -49,7 +49,14 @@ def test_chat_stream_and_whole_agree(client: openai.OpenAI) -> None:
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == choice.message.content
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == choice.finish_reason
-    assert chunks[-1].usage == whole.usage
+    usage, first = chunks[-1].usage, whole.usage
+    assert (usage.prompt_tokens, usage.completion_tokens) == (
+        first.prompt_tokens,
+        first.completion_tokens,
+    )
+    # The same prompt again: all of it but its last token comes from the prefix cache.
+    assert first.prompt_tokens_details.cached_tokens == 0
+    assert usage.prompt_tokens_details.cached_tokens == usage.prompt_tokens - 1
 
 
 def test_completions_stream_and_whole_agree(client: openai.OpenAI) -> None:
