@@ -6,7 +6,8 @@ slots and KV pages allow, run one chunked, ragged prefill call (at most prefill_
 tokens over all sequences), run one decode call for every sequence that was already decoding,
 sample, detokenize, check stop conditions, and free the pages of finished sequences, or keep
 the last few in the KV cache (runtime/prefix_cache.py): a request whose prompt starts like a
-kept or running sequence is forked from it and prefills only the rest.
+kept or running sequence is forked from it and prefills only the rest (waiting, at the head of
+the queue, while a running prefill computes that start).
 
 When a decode or prefill needs more KV pages than are free, kept sequences are dropped first,
 oldest first; then the most recently admitted sequence is preempted: its pages are freed and it
@@ -216,6 +217,8 @@ class Engine:
                 if r.prefilling
             )
             source, shared = self._fork_source(seq.ids)
+            if self._prefix_coming(seq.ids, shared):
+                return  # fork it once computed, rather than compute it twice at once
             need = self._pages(len(seq.ids) + 1)
             while need > self.executor.free_pages() - owed and self._evict_prefix(keep=source):
                 pass
@@ -251,6 +254,18 @@ class Engine:
             if n >= self._prefixes.min_tokens and n > shared:
                 source, shared = run.seq_id, n
         return source, shared
+
+    def _prefix_coming(self, ids: Sequence[int], shared: int) -> bool:
+        """Whether a running sequence's prefill will soon hold more of `ids`' prefix than the
+        `shared` tokens on offer now (requests admitted together with one system prompt)."""
+        if self._prefixes is None:
+            return False
+        for run in self._running:
+            if run.prefilling and run.computed < len(run.ids):
+                n = common_prefix(run.ids, ids, len(ids) - 1)
+                if n >= self._prefixes.min_tokens and n > max(shared, run.computed):
+                    return True
+        return False
 
     def _kept(self, seq_id: int) -> bool:
         return self._prefixes is not None and seq_id in self._prefixes

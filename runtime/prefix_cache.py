@@ -3,7 +3,8 @@ forked from it instead of computed again (a chat's next turn re-sends the whole 
 
 The engine owns the policy: it evicts the oldest entry whenever it is short of pages, before
 it would preempt or refuse anything, so kept sequences only ever use pages nobody needs. It
-also forks from sequences still running (a system prompt that concurrent requests share).
+also forks from sequences still running (a system prompt that concurrent requests share), and a
+request that arrives with one whose prefill will hold its prefix waits for that prefill.
 """
 
 from __future__ import annotations

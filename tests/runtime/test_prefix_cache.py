@@ -104,6 +104,21 @@ def test_a_prompt_sharing_a_running_requests_prefix_forks_from_it() -> None:
     assert ex.free_pages() == ex.num_pages and not ex.tokens
 
 
+def test_requests_arriving_together_compute_their_shared_prefix_once() -> None:
+    """The second waits a step for the first's prefill, then forks it."""
+    ex = ForkingExecutor(num_pages=16, page_size=4, max_context=64)
+    engine = Engine(ex, CharTokenizer(), max_batch_size=2)
+    system = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
+    params = SamplingParams(temperature=0, max_tokens=3)
+    engine.add_request(Request("a", (*system, 7), params))
+    engine.add_request(Request("b", (*system, 8, 8), params))
+    done = run_to_completion(engine)
+    assert ex.forks == [(0, 1, len(system))]
+    assert ex.prefill_sizes() == [[len(system) + 1], [2]]
+    assert (done["a"].cached_tokens, done["b"].cached_tokens) == (0, len(system))
+    assert done["b"].completion_tokens == 3
+
+
 @pytest.mark.parametrize("chunk", [512, 5])
 def test_forked_prompts_give_the_tokens_of_prompts_computed_whole(tiny_llama, chunk) -> None:
     """The tiny Llama on the numpy interpreter: a conversation's turns with the prefix cache
@@ -133,9 +148,12 @@ def test_forked_prompts_give_the_tokens_of_prompts_computed_whole(tiny_llama, ch
     assert cached[0] == 0 and cached[1] >= 16 and cached[2] > cached[1]
 
 
-def test_concurrent_requests_sharing_a_prefix_give_the_tokens_computed_whole(tiny_llama) -> None:
-    """The tiny Llama on the numpy interpreter: a second request joins while the first, with
-    the same 17-token start, is decoding."""
+@pytest.mark.parametrize("together", [False, True])
+def test_concurrent_requests_sharing_a_prefix_give_the_tokens_computed_whole(
+    tiny_llama, together
+) -> None:
+    """The tiny Llama on the numpy interpreter: two requests with the same 17-token start, the
+    second sent with the first or while the first is decoding."""
     module, weights = tiny_llama
     start = [1, *range(40, 56)]
     prompts = [[*start, 60], [*start, 61, 62]]
@@ -144,7 +162,8 @@ def test_concurrent_requests_sharing_a_prefix_give_the_tokens_computed_whole(tin
         executor = InterpreterExecutor(module, weights, num_pages=32)
         engine = Engine(executor, NoText(), prefix_cache_size=cache_size)
         engine.add_request(Request("0", tuple(prompts[0]), GREEDY))
-        engine.step()
+        if not together:
+            engine.step()
         engine.add_request(Request("1", tuple(prompts[1]), GREEDY))
         done = run_to_completion(engine)
         engine.clear_prefix_cache()
