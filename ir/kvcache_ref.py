@@ -29,6 +29,7 @@ class PagedKVCache:
         self.keys = [np.zeros(shape, type_.dtype.numpy) for _ in range(type_.num_layers)]
         self.values = [np.zeros(shape, type_.dtype.numpy) for _ in range(type_.num_layers)]
         self.free_pages: list[int] = list(range(num_pages - 1, -1, -1))  # pop() gives page 0 first
+        self.refs = [0] * num_pages  # sequences holding each page (forks share full pages)
         self.page_tables: dict[int, list[int]] = {}
         self.lengths: dict[int, int] = {}
         self._batch: list[tuple[int, int]] | None = None
@@ -66,12 +67,15 @@ class PagedKVCache:
         self._known(seq_id)
         if self._batch is not None and any(s == seq_id for s, _ in self._batch):
             raise RequestError(f"sequence {seq_id} is in the forward in progress; end it first")
-        self.free_pages.extend(reversed(self.page_tables.pop(seq_id)))
+        for page in reversed(self.page_tables.pop(seq_id)):
+            self.refs[page] -= 1
+            if self.refs[page] == 0:
+                self.free_pages.append(page)
         del self.lengths[seq_id]
 
     def fork_sequence(self, parent: int, child: int, length: int | None = None) -> None:
-        """Start `child` as a copy of `parent`'s first `length` tokens (all of them by default;
-        pages copied, not shared)."""
+        """Start `child` with `parent`'s first `length` tokens (all of them by default), as TVM's
+        cache does: their full pages shared, a partial last page copied."""
         self._known(parent)
         if child in self.lengths:
             raise RequestError(f"sequence {child} is already in the KV cache")
@@ -81,12 +85,17 @@ class PagedKVCache:
                 f"cannot fork {child} from the first {length} tokens of sequence {parent}, "
                 f"which holds {self.lengths[parent]}"
             )
-        source = self.page_tables[parent][: self.pages_for(length)]
-        pages = self._allocate(len(source), f"fork {parent} into {child}")
-        for layer in range(self.type.num_layers):
-            self.keys[layer][pages] = self.keys[layer][source]
-            self.values[layer][pages] = self.values[layer][source]
-        self.page_tables[child] = pages
+        full, partial = divmod(length, self.page_size)
+        shared = self.page_tables[parent][:full]
+        copied = self._allocate(int(partial > 0), f"fork {parent} into {child}")
+        for page in shared:
+            self.refs[page] += 1
+        if copied:
+            source = self.page_tables[parent][full]
+            for layer in range(self.type.num_layers):
+                self.keys[layer][copied[0]] = self.keys[layer][source]
+                self.values[layer][copied[0]] = self.values[layer][source]
+        self.page_tables[child] = shared + copied
         self.lengths[child] = length
 
     def seq_len(self, seq_id: int) -> int:
@@ -178,4 +187,6 @@ class PagedKVCache:
             return []
         taken = self.free_pages[-count:][::-1]
         del self.free_pages[-count:]
+        for page in taken:
+            self.refs[page] = 1
         return taken

@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import RequestError
 from . import sampling
 from .detokenizer import IncrementalDetokenizer, StopStrings
-from .prefix_cache import PrefixCache, common_prefix
+from .prefix_cache import PageLedger, PrefixCache, common_prefix
 from .sequence import Completion, EngineTokenizer, SequenceState
 from .types import EngineStats, Executor, FinishReason, Request, RequestOutput
 
@@ -93,6 +93,7 @@ class Engine:
             if prefix_cache_size > 0 and self._fork is not None and not windowed
             else None
         )
+        self._ledger = PageLedger(executor.page_size) if self._prefixes is not None else None
         self._snapshot = (0, 0, executor.num_pages - executor.free_pages())
 
     # --- any thread ---------------------------------------------------------------------------
@@ -174,7 +175,7 @@ class Engine:
         self._prefill(touched)
         self._decode([s for s in decoding if s.finish_reason is None], touched)
         outputs = [s.take_output() for s in touched.values()]
-        used = self.executor.num_pages - self.executor.free_pages()
+        used = self.executor.num_pages - self.executor.free_pages() - self._evictable_pages()
         self._snapshot = (len(self._running), len(self._waiting), used)
         return outputs
 
@@ -235,8 +236,12 @@ class Engine:
             seq.prefilling, seq.computed, seq.cached_tokens = True, shared, shared
             if source is None or self._fork is None:
                 self.executor.add_sequence(seq.seq_id)
+                if self._ledger is not None:
+                    self._ledger.add(seq.seq_id)
             else:
                 self._fork(source, seq.seq_id, shared)
+                if self._ledger is not None:
+                    self._ledger.fork(source, seq.seq_id, shared)
                 if self._prefixes is not None and source in self._prefixes:
                     self._prefixes.touch(source)
                 with self._lock:
@@ -267,6 +272,18 @@ class Engine:
                     return True
         return False
 
+    def _remove(self, seq_id: int) -> None:
+        self.executor.remove_sequence(seq_id)
+        if self._ledger is not None:
+            self._ledger.remove(seq_id)
+
+    def _evictable_pages(self) -> int:
+        if self._ledger is None or self._prefixes is None or not len(self._prefixes):
+            return 0
+        for run in self._running:
+            self._ledger.grow(run.seq_id, run.computed)
+        return self._ledger.only_held_by(self._prefixes)
+
     def _kept(self, seq_id: int) -> bool:
         return self._prefixes is not None and seq_id in self._prefixes
 
@@ -276,13 +293,13 @@ class Engine:
         victim = self._prefixes.pop_oldest(keep) if self._prefixes is not None else None
         if victim is None:
             return False
-        self.executor.remove_sequence(victim)
+        self._remove(victim)
         return True
 
     def _drop_prefix(self, seq_id: int) -> None:
         assert self._prefixes is not None
         self._prefixes.pop(seq_id)
-        self.executor.remove_sequence(seq_id)
+        self._remove(seq_id)
 
     def _prefill(self, touched: dict[str, SequenceState]) -> None:
         plan = self._with_room(self._plan_prefill, touched)
@@ -337,7 +354,7 @@ class Engine:
             self._preempt(victim)
 
     def _preempt(self, seq: SequenceState) -> None:
-        self.executor.remove_sequence(seq.seq_id)
+        self._remove(seq.seq_id)
         self._running.remove(seq)
         seq.computed, seq.prefilling = 0, True
         self._waiting.appendleft(seq)
@@ -390,10 +407,12 @@ class Engine:
             self._running.remove(seq)
             if self._prefixes is not None and seq.computed >= self._prefixes.min_tokens:
                 # Kept for a later prompt that starts the same way (evicted when pages run short).
+                if self._ledger is not None:
+                    self._ledger.grow(seq.seq_id, seq.computed)
                 for old in self._prefixes.add(seq.seq_id, seq.ids[: seq.computed]):
-                    self.executor.remove_sequence(old)
+                    self._remove(old)
             else:
-                self.executor.remove_sequence(seq.seq_id)
+                self._remove(seq.seq_id)
         elif seq in self._waiting:
             self._waiting.remove(seq)
         self._by_id.pop(seq.request.request_id, None)

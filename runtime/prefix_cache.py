@@ -78,3 +78,38 @@ def common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
         if a[i] != b[i]:
             return i
     return n
+
+
+class PageLedger:
+    """Which KV pages each sequence holds, as TVM's cache shares them: a fork takes its parent's
+    full pages and a copy of a partial last one; new tokens take new pages. It answers how many
+    pages only kept sequences hold: pages that dropping them would free, which the engine
+    reports as free (vLLM's kv_cache_usage_perc counts cached, unreferenced blocks as free)."""
+
+    def __init__(self, page_size: int) -> None:
+        self.page_size = page_size
+        self._pages: dict[int, list[int]] = {}
+        self._next_page = 0
+
+    def add(self, seq_id: int) -> None:
+        self._pages[seq_id] = []
+
+    def fork(self, parent: int, child: int, tokens: int) -> None:
+        self.grow(parent, tokens)  # it holds at least these (a running parent's lag)
+        self._pages[child] = self._pages[parent][: tokens // self.page_size]
+        self.grow(child, tokens)
+
+    def grow(self, seq_id: int, tokens: int) -> None:
+        """`seq_id` now holds `tokens` tokens."""
+        pages = self._pages[seq_id]
+        while len(pages) * self.page_size < tokens:
+            pages.append(self._next_page)
+            self._next_page += 1
+
+    def remove(self, seq_id: int) -> None:
+        del self._pages[seq_id]
+
+    def only_held_by(self, kept: PrefixCache) -> int:
+        """Pages no sequence outside `kept` holds."""
+        live = {p for s, pages in self._pages.items() if s not in kept for p in pages}
+        return len({p for s, pages in self._pages.items() if s in kept for p in pages} - live)

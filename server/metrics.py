@@ -5,9 +5,11 @@ vllm:prompt_tokens_total, vllm:generation_tokens_total, vllm:time_to_first_token
 vllm:inter_token_latency_seconds, vllm:e2e_request_latency_seconds,
 vllm:request_success_total{finished_reason}, vllm:num_preemptions_total,
 vllm:prefix_cache_queries_total / _hits_total (prompt tokens prefilled / served by the prefix
-cache), all labelled model_name. kv_cache_usage_perc counts the pages of finished requests kept
-for their prefixes (runtime/prefix_cache.py): they give way whenever a request needs them. Requests by HTTP status: http_requests_total{handler, method, status}, the name
-vLLM's server exposes through prometheus-fastapi-instrumentator (here with the exact status).
+cache), all labelled model_name. As vLLM's, kv_cache_usage_perc counts as free the pages that
+only finished requests kept for their prefixes hold (runtime/prefix_cache.py): they give way
+whenever a request needs them. Requests by HTTP status: http_requests_total{handler, method,
+status}, the name vLLM's server exposes through prometheus-fastapi-instrumentator (here with the
+exact status).
 """
 
 from __future__ import annotations

@@ -83,13 +83,13 @@ def test_running_out_of_pages_is_a_request_error_that_allocates_nothing() -> Non
     assert c.num_free_pages == 0 and c.seq_len(1) == 2
 
 
-def test_fork_copies_the_parent_and_then_diverges() -> None:
+def test_fork_shares_full_pages_copies_a_partial_one_and_then_diverges() -> None:
     c = cache(num_pages=6, page_size=2)
     c.add_sequence(0)
     forward(c, {0: 3})
     c.fork_sequence(0, 1)
-    assert c.num_free_pages == 2 and c.seq_len(1) == 3
-    assert not set(c.page_tables[0]) & set(c.page_tables[1])
+    assert c.num_free_pages == 3 and c.seq_len(1) == 3
+    assert set(c.page_tables[0]) & set(c.page_tables[1]) == {c.page_tables[0][0]}
     # The same query on parent and child sees the same history.
     q = rand(1, 1, 2)
     k, v = rand(1, 1, 2), rand(1, 1, 2)
@@ -103,10 +103,18 @@ def test_fork_copies_the_parent_and_then_diverges() -> None:
     before = [c.keys[0][p].copy() for p in c.page_tables[0]]
     forward(c, {1: 2})
     assert all((c.keys[0][p] == b).all() for p, b in zip(c.page_tables[0], before, strict=True))
-    with pytest.raises(RequestError, match="out of pages: fork 1 into 2 needs 3 more pages"):
-        c.fork_sequence(1, 2)  # the child holds 6 tokens in 3 pages; 1 page is free
-    c.remove_sequence(0)
-    assert c.num_free_pages == 3 and c.seq_len(1) == 6
+    assert c.num_free_pages == 2
+    c.fork_sequence(1, 2)  # 6 tokens, 3 full pages: all shared, none taken
+    assert c.num_free_pages == 2 and c.page_tables[2] == c.page_tables[1]
+    c.fork_sequence(1, 3, 5)  # a partial last page is copied
+    c.fork_sequence(1, 4, 3)
+    with pytest.raises(RequestError, match="out of pages: fork 1 into 5 needs 1 more pages"):
+        c.fork_sequence(1, 5, 1)
+    c.remove_sequence(0)  # its first page is still held by 1..4; its second goes back
+    assert c.num_free_pages == 1 and c.seq_len(1) == 6
+    for s in (1, 2, 3, 4):
+        c.remove_sequence(s)
+    assert c.num_free_pages == 6
 
 
 def test_misuse_is_reported() -> None:

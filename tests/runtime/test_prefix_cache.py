@@ -10,7 +10,7 @@ import pytest
 
 from ferrumc.runtime.engine import Engine, run_to_completion
 from ferrumc.runtime.interpreter_executor import InterpreterExecutor
-from ferrumc.runtime.prefix_cache import PrefixCache
+from ferrumc.runtime.prefix_cache import PageLedger, PrefixCache
 from ferrumc.runtime.types import Request, SamplingParams
 from ferrumc.tests.runtime.fakes import CharTokenizer, FakeExecutor
 from ferrumc.tests.runtime.tiny_model import NoText
@@ -173,3 +173,38 @@ def test_concurrent_requests_sharing_a_prefix_give_the_tokens_computed_whole(
     with_cache, cached = both(8)
     assert with_cache == both(0)[0]
     assert cached == [0, len(start)]
+
+
+def test_page_ledger_counts_what_only_kept_sequences_hold() -> None:
+    ledger, kept = PageLedger(page_size=4), PrefixCache(capacity=4, min_tokens=1)
+    ledger.add(1)
+    ledger.grow(1, 10)  # 3 pages
+    ledger.fork(1, 2, 9)  # shares 2 full pages, copies the partial third
+    ledger.grow(2, 13)  # 4 pages
+    kept.add(1, range(10))
+    assert ledger.only_held_by(kept) == 1, "1's third page; its first two are 2's too"
+    kept.add(2, [9] * 13)
+    assert ledger.only_held_by(kept) == 5
+    ledger.remove(1)
+    kept.pop(1)
+    assert ledger.only_held_by(kept) == 4
+
+
+def test_kept_pages_count_as_free_in_the_stats(tiny_llama) -> None:
+    """As vLLM's kv_cache_usage_perc: pages only kept sequences hold are free for the asking."""
+    module, weights = tiny_llama
+    executor = InterpreterExecutor(module, weights, num_pages=32)
+    engine = Engine(executor, NoText())
+    start = [1, *range(40, 60)]  # 21 tokens
+    run(engine, "a", start)
+    assert executor.free_pages() < executor.num_pages
+    assert engine.stats().kv_pages_used == 0
+    engine.add_request(Request("b", (*start[:18], 7), GREEDY))
+    engine.step()  # b forked a's first 18 tokens: one full page shared, the partial one copied
+    tables = executor.cache.page_tables
+    (b,) = [s for s in tables if s != 0]
+    assert engine.stats().kv_pages_used == len(tables[b]) == 2
+    run_to_completion(engine)
+    assert engine.stats().kv_pages_used == 0
+    engine.clear_prefix_cache()
+    assert executor.free_pages() == executor.num_pages
