@@ -236,3 +236,15 @@ def test_ctrl_c_stops_cleanly(tiny_checkpoint) -> None:
     with running_server(str(tiny_checkpoint("qwen2")), "--interpreter") as server:
         assert server.health()["status"] == "ok"
         assert server.stop(sig=signal.SIGINT) == 0
+
+
+def test_prefix_cache_off_serves_nothing_from_it(tiny_checkpoint) -> None:
+    """`--prefix-cache 0`: the same prompt twice is computed twice."""
+    folder = tiny_checkpoint("qwen2")
+    with running_server(str(folder), "--interpreter", "--prefix-cache", "0") as s:
+        client = openai.OpenAI(base_url=s.base_url, api_key="unused", max_retries=0)
+        args = {"model": str(folder), "messages": QUESTION, "temperature": 0, "max_tokens": 4}
+        for _ in range(2):
+            usage = client.chat.completions.create(**args).usage
+            assert usage.prompt_tokens > 16 and usage.prompt_tokens_details.cached_tokens == 0
+        assert s.health()["kv_cache"]["pages_used"] == 0
