@@ -207,9 +207,8 @@ class Engine:
         )
 
     def _admit(self, touched: dict[str, SequenceState]) -> None:
-        """Admit from the front of the queue while a slot is open and its prompt's pages are free
-        (counted as if nothing were shared), forking the kept or running sequence that shares
-        the longest prefix with it."""
+        """Admit from the front of the queue while a slot is open and its prompt's pages are free,
+        forking the kept or running sequence that shares the longest prefix with it."""
         while self._waiting and len(self._running) < self.max_batch_size:
             seq = self._waiting[0]
             owed = sum(
@@ -220,7 +219,8 @@ class Engine:
             source, shared = self._fork_source(seq.ids)
             if self._prefix_coming(seq.ids, shared):
                 return  # fork it once computed, rather than compute it twice at once
-            need = self._pages(len(seq.ids) + 1)
+            # A fork shares its source's full pages: only the rest is new.
+            need = self._pages(len(seq.ids) + 1) - shared // self.executor.page_size
             while need > self.executor.free_pages() - owed and self._evict_prefix(keep=source):
                 pass
             if need > self.executor.free_pages() - owed:

@@ -208,3 +208,18 @@ def test_kept_pages_count_as_free_in_the_stats(tiny_llama) -> None:
     assert engine.stats().kv_pages_used == 0
     engine.clear_prefix_cache()
     assert executor.free_pages() == executor.num_pages
+
+
+def test_a_fork_needs_only_the_pages_it_does_not_share(tiny_llama) -> None:
+    """4 pages of 16 tokens: the kept first request holds 3; the second, sharing its first 40
+    tokens (2 full pages), fits in the fourth page without giving up the prefix."""
+    module, weights = tiny_llama
+    executor = InterpreterExecutor(module, weights, num_pages=4)
+    engine = Engine(executor, NoText())
+    start = [1, *range(40, 79)]  # 40 tokens
+    first = run(engine, "a", start)
+    assert executor.free_pages() == 1  # 40 + 5 computed tokens in 3 pages, kept
+    second = run(engine, "b", [*start, 7, 8, 9])
+    assert second.cached_tokens == 40 and second.completion_tokens == first.completion_tokens
+    engine.clear_prefix_cache()
+    assert executor.free_pages() == executor.num_pages
