@@ -216,8 +216,8 @@ class Engine:
                 for r in self._running
                 if r.prefilling
             )
-            source, shared = self._fork_source(seq.ids)
-            if self._prefix_coming(seq.ids, shared):
+            source, shared, coming = self._fork_source(seq.ids)
+            if coming:
                 return  # fork it once computed, rather than compute it twice at once
             # A fork shares its source's full pages: only the rest is new.
             need = self._pages(len(seq.ids) + 1) - shared // self.executor.page_size
@@ -248,29 +248,24 @@ class Engine:
                     self._counters["cached_prompt_tokens"] += shared
             self._running.append(seq)
 
-    def _fork_source(self, ids: Sequence[int]) -> tuple[int | None, int]:
+    def _fork_source(self, ids: Sequence[int]) -> tuple[int | None, int, bool]:
         """The kept or running sequence whose cached tokens share the longest prefix with `ids`
-        (at least a page's worth), and how many tokens; (None, 0) if none."""
+        (at least a page's worth) and how many tokens, (None, 0) if none; and whether a running
+        prefill will soon hold more of that prefix (requests admitted together with one system
+        prompt)."""
         if self._prefixes is None:
-            return None, 0
+            return None, 0, False
         source, shared = self._prefixes.longest(ids)
+        coming = 0
         for run in self._running:
-            n = common_prefix(run.ids, ids, min(run.computed, len(ids) - 1))
-            if n >= self._prefixes.min_tokens and n > shared:
-                source, shared = run.seq_id, n
-        return source, shared
-
-    def _prefix_coming(self, ids: Sequence[int], shared: int) -> bool:
-        """Whether a running sequence's prefill will soon hold more of `ids`' prefix than the
-        `shared` tokens on offer now (requests admitted together with one system prompt)."""
-        if self._prefixes is None:
-            return False
-        for run in self._running:
-            if run.prefilling and run.computed < len(run.ids):
-                n = common_prefix(run.ids, ids, len(ids) - 1)
-                if n >= self._prefixes.min_tokens and n > max(shared, run.computed):
-                    return True
-        return False
+            n = common_prefix(run.ids, ids, len(ids) - 1)
+            if n < self._prefixes.min_tokens:
+                continue
+            if min(n, run.computed) > shared and run.computed >= self._prefixes.min_tokens:
+                source, shared = run.seq_id, min(n, run.computed)
+            if run.prefilling and n > run.computed:
+                coming = max(coming, n)
+        return source, shared, coming > shared
 
     def _remove(self, seq_id: int) -> None:
         self.executor.remove_sequence(seq_id)
@@ -278,10 +273,10 @@ class Engine:
             self._ledger.remove(seq_id)
 
     def _evictable_pages(self) -> int:
+        # A running sequence's pages past the ledger's are its own (forks and releases bring
+        # the ledger up to date), so they never change this count.
         if self._ledger is None or self._prefixes is None or not len(self._prefixes):
             return 0
-        for run in self._running:
-            self._ledger.grow(run.seq_id, run.computed)
         return self._ledger.only_held_by(self._prefixes)
 
     def _kept(self, seq_id: int) -> bool:
